@@ -1,0 +1,40 @@
+"""stts: spatial-temporal token selection for video transformers.
+
+    import stts
+    model = stts.create_model("mvit_b_16x4", num_classes=400)     # dense backbone
+    stts.patch(model, "T0_0.5-S4_0.7")                              # add selection in one line
+    P = stts.perturbed_topk(scores, k=4)                            # (B, N) -> (B, K, N), differentiable
+
+Shape letters used throughout: B batch, C channels, T frames, H/W token grid, N tokens (T*H*W, plus a
+class token where there is one), P prefix (class) tokens, K kept, S noise samples, A anchor positions,
+nh heads, hd head dim.
+"""
+
+from stts.checkpoint import load_model, save_model
+from stts.models import create_model, list_models
+from stts.patch import patch
+from stts.plan import SelectionPlan, parse_plan
+from stts.scorer import Scorer
+from stts.selectors import AnchorSelector, Selection, TemporalSelector, TokenSelector, set_sigma
+from stts.topk import hard_topk, linear_sigma_schedule, perturbed_topk
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "perturbed_topk",
+    "hard_topk",
+    "linear_sigma_schedule",
+    "Scorer",
+    "TemporalSelector",
+    "AnchorSelector",
+    "TokenSelector",
+    "Selection",
+    "set_sigma",
+    "SelectionPlan",
+    "parse_plan",
+    "patch",
+    "create_model",
+    "list_models",
+    "load_model",
+    "save_model",
+]

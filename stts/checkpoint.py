@@ -1,0 +1,216 @@
+"""Checkpoints: stts's own format, official ones, and safetensors weights.
+
+    stts.save_model(model, "run/model.pt")              # weights + what rebuilds the model
+    model = stts.load_model("run/model.pt")              # rebuilt from the checkpoint alone
+    model = stts.create_model("mvit_b_16x4", pretrained="MVIT_B_16x4.pyth")   # official weights
+
+An stts checkpoint is a `torch.save`d dict with at least
+    {"stts": {"format": 1, "model": NAME, "kwargs": {...}, "selection": plan.to_dict() | None},
+     "model": state_dict}
+and, written by the training engine, optimizer / scheduler / step / config entries beside them.
+Official files keep their own layout: PySlowFast `.pyth` (`model_state`, YAML text under `cfg`),
+mmaction (`state_dict` with `backbone.` / `cls_head.` prefixes). A backbone module translates
+official keys with its `checkpoint_filter_fn(state_dict, model) -> state_dict`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "save_model",
+    "load_model",
+    "load_pretrained",
+    "read_checkpoint",
+    "extract_state_dict",
+    "model_config",
+    "atomic_save",
+    "CheckpointError",
+]
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message names what."""
+
+
+def model_config(model: nn.Module) -> dict:
+    """What `load_model` needs to rebuild `model`: registry name, kwargs, selection plan."""
+    name = getattr(model, "model_name", None)
+    if name is None:
+        raise CheckpointError(f"{type(model).__name__} was not built by stts.create_model, so a checkpoint "
+                              "cannot say how to rebuild it")
+    plan = getattr(model, "plan", None)
+    return {"format": FORMAT_VERSION, "model": name, "kwargs": dict(getattr(model, "model_kwargs", {})),
+            "selection": plan.to_dict() if plan is not None and len(plan) else None}
+
+
+def atomic_save(obj: Any, path: "str | os.PathLike") -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(model: nn.Module, path: "str | os.PathLike", **extra: Any) -> None:
+    """Save weights and build config (plus any `extra` entries) atomically."""
+    raw = getattr(model, "module", model)  # unwrap DDP
+    atomic_save({"stts": model_config(raw), "model": raw.state_dict(), **extra}, path)
+
+
+def read_checkpoint(path: "str | os.PathLike") -> dict:
+    """Load a checkpoint file into a dict of tensors/metadata on the CPU (.pt/.pth/.pyth/.safetensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return {"model": load_file(str(path))}
+    try:
+        # Official PySlowFast/mmaction files pickle numpy/yacs objects, so full unpickling is needed;
+        # only load checkpoints you trust (as with torch.load everywhere).
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(ckpt).__name__}")
+    return ckpt
+
+
+def extract_state_dict(ckpt: dict) -> dict:
+    """The weights inside a checkpoint dict, whichever library wrote it."""
+    for key in ("model", "model_state", "state_dict", "module"):
+        if key in ckpt and isinstance(ckpt[key], dict):
+            sd = ckpt[key]
+            break
+    else:
+        sd = ckpt
+    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"no tensors found in checkpoint (top-level keys: {sorted(ckpt)[:10]})")
+    # DDP-saved weights carry a `module.` prefix.
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _describe(keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict, *, strict: bool = True, source: str = "") -> dict:
+    """load_state_dict with errors that list missing, unexpected and mis-shaped keys.
+
+    With strict=False missing/unexpected keys are allowed (reported in the returned dict), but a key
+    present on both sides with another shape is always an error.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    where = f" from {source}" if source else ""
+    if shapes:
+        raise CheckpointError(f"shape mismatch loading{where}: {_describe(shapes)}")
+    if strict and (missing or unexpected):
+        msg = [f"checkpoint{where} does not match {type(model).__name__}"]
+        if missing:
+            msg.append(f"missing keys ({len(missing)}): {_describe(missing)}")
+        if unexpected:
+            msg.append(f"unexpected keys ({len(unexpected)}): {_describe(unexpected)}")
+        msg.append("pass strict=False to load what fits (e.g. a dense checkpoint into an STTS model)")
+        raise CheckpointError("; ".join(msg))
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+    return {"missing": missing, "unexpected": unexpected}
+
+
+def load_pretrained(model: nn.Module, path: "str | os.PathLike", *, strict: bool = True) -> dict:
+    """Load weights from any supported checkpoint into `model`; returns {"missing", "unexpected"}."""
+    ckpt = read_checkpoint(path)
+    sd = extract_state_dict(ckpt)
+    module = _backbone_module(model)
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        sd = filter_fn(sd, model)
+    return load_state_dict_checked(model, sd, strict=strict, source=str(path))
+
+
+def _backbone_module(model: nn.Module):
+    import sys
+
+    return sys.modules.get(type(model).__module__)
+
+
+def load_model(path: "str | os.PathLike", *, strict: bool = True, **overrides: Any) -> nn.Module:
+    """Rebuild a model from a checkpoint alone and load its weights.
+
+    Works for stts checkpoints (they carry name, kwargs and plan) and for official checkpoints that
+    carry their config (PySlowFast `.pyth` with `cfg`), through the backbone's `model_from_official`.
+    `overrides` replace build kwargs (e.g. num_classes for a new head, with strict=False).
+    """
+    from stts.models._registry import create_model
+
+    ckpt = read_checkpoint(path)
+    cfg = ckpt.get("stts")
+    if cfg is None:
+        model = _model_from_official(ckpt, path, overrides)
+        load_pretrained(model, path, strict=strict)
+        return model
+    selection = cfg.get("selection")
+    kwargs = {**cfg.get("kwargs", {}), **overrides}
+    model = create_model(cfg["model"], **kwargs) if selection is None else _create_with_plan(cfg, kwargs)
+    load_state_dict_checked(model, extract_state_dict(ckpt), strict=strict, source=str(path))
+    return model
+
+
+def _create_with_plan(cfg: dict, kwargs: dict) -> nn.Module:
+    from stts.models._registry import create_model, model_entry
+    from stts.plan import SelectionPlan
+
+    plan = SelectionPlan.from_dict(cfg["selection"])
+    entry = model_entry(cfg["model"])
+    if entry.plan is None:
+        return create_model(cfg["model"], selection=plan, **kwargs)
+    # A published STTS variant: its builder adds the plan; restore the saved sigma etc. on top.
+    model = create_model(cfg["model"], **kwargs)
+    for sel in model.selectors.values():
+        sel.num_samples, sel.sigma, sel.jacobian = plan.num_samples, plan.sigma, plan.jacobian
+    return model
+
+
+def _model_from_official(ckpt: dict, path, overrides: dict) -> nn.Module:
+    import stts.models  # noqa: F401  (registers backbones, whose modules may read official configs)
+
+    for module in _official_readers():
+        build = getattr(module, "model_from_official", None)
+        if build is not None:
+            model = build(ckpt, **overrides)
+            if model is not None:
+                return model
+    raise CheckpointError(f"{path} carries no stts config and no official config this version can read; "
+                          "build the model with stts.create_model(NAME, pretrained=PATH) instead")
+
+
+def _official_readers():
+    import sys
+
+    return [m for name, m in sorted(sys.modules.items()) if name.startswith("stts.models.") and m is not None]

@@ -1,0 +1,65 @@
+"""The `stts` command: one entry point, one module per subcommand.
+
+    stts list-models                 # what the registry holds
+    stts flops mvit_b_16x4_stts_t0.5_s0.7 --json
+    stts train configs/demo.yaml optim.epochs=2
+    python -m stts --help            # the same program
+
+Each subcommand lives in `stts/commands/<name>.py` and exposes
+`add_arguments(parser)` and `run(args) -> int | None`; the module docstring's first line is its help.
+Modules are found by name, so adding a command touches no other file. They import heavy
+dependencies (PyAV, matplotlib, the training engine) inside `run`, so `stts --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from stts import commands
+
+__all__ = ["main", "build_parser"]
+
+
+def _command_modules():
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            yield importlib.import_module(f"{commands.__name__}.{info.name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stts",
+        description="Spatial-temporal token selection for video transformers.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _command_modules():
+        name = getattr(module, "NAME", module.__name__.rsplit(".", 1)[-1].replace("_", "-"))
+        doc = (module.__doc__ or "").strip()
+        summary = doc.splitlines()[0] if doc else ""
+        p = sub.add_parser(
+            name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        code = args._run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

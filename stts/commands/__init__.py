@@ -1,0 +1,1 @@
+"""Subcommands of the `stts` CLI, one module each (see `stts.cli`)."""

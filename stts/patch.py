@@ -1,0 +1,100 @@
+"""Add token selection to a dense backbone in one line.
+
+    model = stts.create_model("mvit_b_16x4", num_classes=400)
+    stts.patch(model, "T0_0.5-S4_0.7")                # adds model.selectors["T0"], ["S4"]
+    stts.patch(model, "T0_0.5", sigma=0.1, jacobian="diagonal")
+
+A backbone supports selection when it has
+- `selectors`: an `nn.ModuleDict` its forward runs through `run_selectors` before each block/stage;
+- `selection_dim(index) -> int`: channels of the tokens entering block/stage `index` (ValueError if
+  there is no such place);
+- `selection_kinds`: the kinds it accepts, a string such as "TS" or "TSK";
+- optionally `check_selection(spec)`: backbone rules (e.g. anchor sizes that keep Swin windows valid).
+Selectors are plain submodules, so state dicts read `selectors.T0.scorer.embed.1.weight`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from torch import Tensor, nn
+
+from stts.plan import SelectionPlan, SelectorSpec, parse_plan
+from stts.selectors import AnchorSelector, TemporalSelector, TokenSelector
+
+__all__ = ["patch", "build_selector", "run_selectors"]
+
+
+def build_selector(spec: SelectorSpec, dim: int, plan: SelectionPlan) -> nn.Module:
+    """The selector module for one spec, on tokens of `dim` channels."""
+    common = dict(num_samples=plan.num_samples, sigma=plan.sigma, jacobian=plan.jacobian, policy=plan.policy)
+    if spec.kind == "T":
+        sel = TemporalSelector(dim, spec.ratio, keep=spec.keep, **common)
+    elif spec.kind == "S":
+        sel = AnchorSelector(dim, spec.ratio, anchor_size=spec.anchor_size, stride=spec.anchor_stride, **common)
+    elif spec.kind == "K":
+        sel = TokenSelector(dim, spec.ratio, keep=spec.keep, **common)
+    else:  # parse_plan only produces the three kinds
+        raise ValueError(f"unknown selector kind {spec.kind!r}")
+    sel.before = spec.before
+    sel.spec = spec
+    return sel
+
+
+def _order(spec: SelectorSpec):
+    return spec.before, "TSK".index(spec.kind)
+
+
+def patch(model: nn.Module, plan: "str | SelectionPlan", **settings) -> nn.Module:
+    """Insert the selectors of `plan` into `model` (in place) and return it.
+
+    `settings` (num_samples, sigma, jacobian, policy) override the plan's. Raises ValueError naming
+    the part of the plan the model cannot take; the model is left unchanged then.
+    """
+    if not hasattr(model, "selection_dim") or not isinstance(getattr(model, "selectors", None), nn.ModuleDict):
+        raise TypeError(f"{type(model).__name__} does not support token selection "
+                        "(needs `selectors` ModuleDict and `selection_dim`)")
+    plan = parse_plan(plan, **settings)
+    old: SelectionPlan = getattr(model, "plan", None) or SelectionPlan()
+    # Validate everything before touching the model.
+    merged = replace(plan, specs=tuple(sorted(old.specs + plan.specs, key=_order)))
+    parse_plan(str(merged))  # the combination must be a valid plan too (e.g. nothing grid-based after K)
+    kinds = getattr(model, "selection_kinds", "TSK")
+    new = {}
+    for spec in plan:
+        if spec.kind not in kinds:
+            raise ValueError(f"{type(model).__name__} does not support {spec.kind!r} selection ({spec}); "
+                             f"it takes {', '.join(kinds)}")
+        if spec.name in model.selectors:
+            raise ValueError(f"{type(model).__name__} already has a selector {spec.name}")
+        try:
+            dim = model.selection_dim(spec.before)
+            if hasattr(model, "check_selection"):
+                model.check_selection(spec)
+        except ValueError as e:
+            raise ValueError(f"cannot place {spec} in {type(model).__name__}: {e}") from None
+        new[spec.name] = build_selector(spec, dim, plan)
+    # Keep the ModuleDict in execution order (by place, then T before S before K): run_selectors
+    # walks it in order, and state dicts list selectors the same way whatever order they were added.
+    ordered = sorted([*model.selectors.items(), *new.items()], key=lambda kv: _order(kv[1].spec))
+    model.selectors.clear()
+    model.selectors.update(ordered)
+    model.plan = merged
+    return model
+
+
+def run_selectors(selectors: nn.ModuleDict, index: int, x: Tensor, thw, record: dict | None = None):
+    """Apply the selectors placed before block/stage `index`: (x, thw) -> (x, thw).
+
+    record: if a dict, each selector's `Selection` is stored in it under the selector's name.
+    """
+    for name, sel in selectors.items():
+        if sel.before != index:
+            continue
+        if record is None:
+            x, thw = sel(x, thw)
+        else:
+            x, thw, kept = sel(x, thw, return_selection=True)
+            record[name] = kept
+    return x, thw
+
