@@ -65,8 +65,6 @@ def patch(model: nn.Module, plan: "str | SelectionPlan", **settings) -> nn.Modul
         if spec.kind not in kinds:
             raise ValueError(f"{type(model).__name__} does not support {spec.kind!r} selection ({spec}); "
                              f"it takes {', '.join(kinds)}")
-        if spec.name in model.selectors:
-            raise ValueError(f"{type(model).__name__} already has a selector {spec.name}")
         try:
             dim = model.selection_dim(spec.before)
             if hasattr(model, "check_selection"):

@@ -1,0 +1,117 @@
+"""Plan strings, patch() and run_selectors on a toy backbone that implements the protocol."""
+
+import pytest
+import torch
+from torch import nn
+
+import stts
+from stts.patch import run_selectors
+from stts.plan import SelectionPlan, SelectorSpec, parse_plan
+from stts.selectors import AnchorSelector, TemporalSelector
+
+
+@pytest.mark.parametrize("text,specs", [
+    ("T0_0.5-S4_0.7", [SelectorSpec("T", 0, ratio=0.5), SelectorSpec("S", 4, ratio=0.7)]),
+    ("t0_0.5_s4_0.7", [SelectorSpec("T", 0, ratio=0.5), SelectorSpec("S", 4, ratio=0.7)]),
+    ("S4_0.7367-T0_0.5", [SelectorSpec("T", 0, ratio=0.5), SelectorSpec("S", 4, ratio=0.7367)]),
+    ("T0_k4-S4_a12s1", [SelectorSpec("T", 0, keep=4), SelectorSpec("S", 4, anchor_size=12, anchor_stride=1)]),
+    ("K2_0.25", [SelectorSpec("K", 2, ratio=0.25)]),
+    ("T0_1", [SelectorSpec("T", 0, ratio=1.0)]),
+])
+def test_parse_and_round_trip(text, specs):
+    plan = parse_plan(text)
+    assert list(plan) == specs
+    assert parse_plan(str(plan)) == plan
+
+
+@pytest.mark.parametrize("text,message", [
+    ("T0_1.5", "ratio 1.5 of T0 must be in"),
+    ("T0_0", "ratio 0 of T0 must be in"),
+    ("X0_0.5", "cannot read 'X0_0.5'"),
+    ("T0_0.5+S4_0.7", "expected '-' between parts"),
+    ("T0_0.5-T0_0.4", "two temporal selectors before 0"),
+    ("S4_k3", "spatial anchor takes a ratio"),
+    ("T0_a3", "for spatial anchors"),
+    ("K0_0.5-T2_0.5", "token-level selection"),
+    ("T0_0.5-", "trailing separator"),
+])
+def test_bad_plans_say_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=message) as info:
+        parse_plan(text)
+    assert repr(text) in str(info.value)  # the error quotes the plan
+
+
+def test_plan_settings_and_dict_round_trip():
+    plan = parse_plan("T0_0.5", sigma=0.1, jacobian="diagonal")
+    assert plan.sigma == 0.1 and plan.jacobian == "diagonal"
+    assert SelectionPlan.from_dict(plan.to_dict()) == plan
+    assert len(parse_plan(None)) == 0 and len(parse_plan("dense")) == 0
+
+
+class ToyBackbone(nn.Module):
+    """Four token-wise blocks on a (T, H, W) grid with a class token; dims change after block 1."""
+
+    selection_kinds = "TS"
+
+    def __init__(self, dims=(8, 8, 16, 16)):
+        super().__init__()
+        self.dims = dims
+        self.blocks = nn.ModuleList(nn.Linear(dims[i], dims[min(i + 1, 3)]) for i in range(4))
+        self.selectors = nn.ModuleDict()
+
+    def selection_dim(self, index):
+        if not 0 <= index < 4:
+            raise ValueError(f"block index {index} out of range 0..3")
+        return self.dims[index]
+
+    def check_selection(self, spec):
+        if spec.kind == "S" and spec.before == 0:
+            raise ValueError("no anchors before block 0")
+
+    def forward(self, x, thw, record=None):
+        for i, blk in enumerate(self.blocks):
+            x, thw = run_selectors(self.selectors, i, x, thw, record)
+            x = blk(x)
+        return x, thw
+
+
+def test_patch_places_selectors_and_they_run_in_order():
+    torch.manual_seed(0)
+    model = stts.patch(ToyBackbone(), "S2_a2s1-T1_0.5")
+    assert list(model.selectors) == ["T1", "S2"]
+    assert isinstance(model.selectors["T1"], TemporalSelector) and model.selectors["T1"].scorer.dim == 16
+    assert isinstance(model.selectors["S2"], AnchorSelector) and model.selectors["S2"].scorer.dim == 16
+    assert str(model.plan) == "T1_0.5-S2_a2s1"
+    model.eval()
+    record = {}
+    x = torch.randn(2, 1 + 4 * 3 * 3, 8)
+    out, thw = model(x, (4, 3, 3), record)
+    assert thw == (2, 2, 2) and out.shape == (2, 1 + 2 * 2 * 2, 16)
+    assert set(record) == {"T1", "S2"} and record["S2"].thw_in == (2, 3, 3)
+    # State dict keys are stable and predictable.
+    assert "selectors.T1.scorer.embed.1.weight" in model.state_dict()
+
+
+def test_patch_adds_to_an_existing_plan_and_settings_apply():
+    model = stts.patch(ToyBackbone(), "S2_a2", sigma=0.2)
+    stts.patch(model, "T1_0.5", jacobian="diagonal")
+    assert list(model.selectors) == ["T1", "S2"]
+    assert model.selectors["T1"].jacobian == "diagonal" and model.selectors["S2"].sigma == 0.2
+
+
+@pytest.mark.parametrize("plan,message", [
+    ("S2_a2-T7_0.5", "cannot place T7_0.5 in ToyBackbone: block index 7 out of range"),
+    ("S2_a2-S0_0.5", "no anchors before block 0"),
+    ("S2_a2-K3_0.5", "does not support 'K' selection"),
+    ("T1_0.25", "two temporal selectors before 1"),  # the merged plan is validated as a whole
+])
+def test_patch_errors_leave_model_unchanged(plan, message):
+    model = stts.patch(ToyBackbone(), "T1_0.5")
+    with pytest.raises(ValueError, match=message):
+        stts.patch(model, plan)
+    assert list(model.selectors) == ["T1"] and str(model.plan) == "T1_0.5"
+
+
+def test_patch_rejects_models_without_the_protocol():
+    with pytest.raises(TypeError, match="does not support token selection"):
+        stts.patch(nn.Linear(2, 2), "T0_0.5")
