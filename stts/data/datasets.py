@@ -1,0 +1,307 @@
+"""Video datasets: annotations + decoding + sampling + transforms, and what happens to bad data.
+
+    ds = build_dataset(cfg, "train")          # ds[i] -> {"video": (C, T, H, W), "label", "index", "bad"}
+    ds = build_dataset(cfg, "test")           # one item per (video, view): len = num_videos * num_views
+    ds[7]                                     # {"video", "label", "index": 7 // num_views, "view": 7 % num_views, "bad"}
+
+Bad data (a missing, empty, truncated-to-nothing or undecodable file) never raises out of
+`__getitem__`; the item says what happened in `"bad"`, a list of "path: reason" strings:
+- training: the bad draw is replaced by another random video (up to `max_retries` times); the item
+  is that other video, and `"bad"` lists the draws it replaced;
+- evaluation: the item has no `"video"`; `stts.data.collate` drops it from the batch.
+Each bad file is logged (logger `stts.data`, WARNING, once per file and process) and remembered, so
+a later draw of it costs nothing. `stts.data.loader.VideoLoader` counts the "bad" entries of every
+batch in the main process and fails past `max_skip_fraction`.
+
+A video with at least one decodable frame is never bad: a clip longer than the video repeats
+its last frames (indices clamped), and a file that breaks mid-way is used up to the break.
+
+Unusable annotation lines (malformed, unknown label) are logged with file:line at build time and
+left out; more than `max_skip_fraction` of them is an error.
+
+Each item's randomness comes from its own generator seeded by (seed, epoch, index, attempt): an item
+is the same whichever worker builds it, and two loaders with one seed give identical batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from stts.data.annotations import (
+    Annotations,
+    detect_format,
+    kinetics_class_names,
+    read_classes,
+    read_folder,
+    read_kinetics,
+    read_ssv2,
+)
+from stts.data.config import DataConfig
+from stts.data.decode import DecodeError, VideoInfo, decode_frames
+from stts.data.sampling import sample_indices
+from stts.data.transforms import EvalTransform, TrainTransform
+
+__all__ = ["VideoDataset", "BadDataError", "build_dataset", "load_annotations", "resolve_format"]
+
+logger = logging.getLogger("stts.data")
+SPLITS = ("train", "val", "test")
+
+
+class BadDataError(RuntimeError):
+    """Too many bad samples (or annotation entries): the message names the count, the fraction and
+    the last reasons."""
+
+
+def _item_seed(*keys: int) -> int:
+    return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
+
+
+class VideoDataset(Dataset):
+    """Clips of the videos in `samples` (list of (path, label)).
+
+    train=True: one random clip per video per epoch, `TrainTransform`.
+    train=False: `num_temporal_views x num_spatial_crops` deterministic views per video, `EvalTransform`;
+    item i is video i // num_views, view i % num_views (temporal view = view // num_spatial_crops).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        classes: Sequence[str],
+        *,
+        train: bool,
+        transform,
+        sampling: str = "clip",
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        target_fps: float = 30.0,
+        num_temporal_views: int = 1,
+        num_spatial_crops: int = 1,
+        max_retries: int = 10,
+        seed: int = 0,
+    ):
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.train = train
+        self.transform = transform
+        self.sampling = sampling
+        self.num_frames, self.sampling_rate, self.target_fps = num_frames, sampling_rate, target_fps
+        self.num_temporal_views = 1 if train else num_temporal_views
+        self.num_spatial_crops = 1 if train else num_spatial_crops
+        self.max_retries = max_retries
+        self.seed, self.epoch = seed, 0
+        self._known_bad: dict[int, str] = {}  # per process: video index -> reason
+        self._cache: tuple | None = None  # (video, temporal view) -> frames: the crops of one clip
+
+    # --- sizes -------------------------------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_views(self) -> int:
+        return self.num_temporal_views * self.num_spatial_crops
+
+    @property
+    def video_shape(self) -> tuple[int, int, int, int]:
+        """(C, T, H, W) of an item's video."""
+        return (3, self.num_frames, self.transform.crop_size, self.transform.crop_size)
+
+    def __len__(self) -> int:
+        return self.num_videos * self.num_views
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training draws depend on (seed, epoch, index); the loader calls this each epoch."""
+        self.epoch = epoch
+
+    # --- loading -----------------------------------------------------------------------------------
+
+    def _decode(self, video: int, view: int, generator: torch.Generator | None) -> torch.Tensor:
+        path = self.samples[video][0]
+        if video in self._known_bad:
+            raise DecodeError(path, self._known_bad[video])
+
+        def indices(info: VideoInfo) -> list[int]:
+            return sample_indices(
+                self.sampling, info.num_frames, self.num_frames, self.sampling_rate,
+                fps=info.fps, target_fps=self.target_fps or None,
+                view=view, num_views=self.num_temporal_views, generator=generator,
+            )
+
+        try:
+            frames, _ = decode_frames(path, indices)
+        except DecodeError as e:
+            self._known_bad[video] = e.reason
+            logger.warning("bad video %s: %s", e.path, e.reason)
+            raise
+        return frames
+
+    def _train_item(self, index: int) -> dict:
+        bad: list[str] = []
+        video = index
+        for attempt in range(self.max_retries + 1):
+            g = torch.Generator().manual_seed(_item_seed(self.seed, self.epoch, index, attempt))
+            if attempt and self.num_videos > 1:
+                # Replace the bad draw by a random other video. The draw ignores which videos this
+                # process already knows to be bad, so that it does not depend on the worker.
+                video = int(torch.randint(self.num_videos - 1, (), generator=g))
+                video += video >= index
+            try:
+                frames = self._decode(video, 0, g)
+            except DecodeError as e:
+                bad.append(f"{e.path}: {e.reason}")
+                continue
+            return {"video": self.transform(frames, generator=g), "label": self.samples[video][1], "index": video, "bad": bad}
+        raise BadDataError(
+            f"{len(bad)} bad videos in a row while building training item {index} "
+            f"(max_retries={self.max_retries}); last: {bad[-3:]}"
+        )
+
+    def _eval_item(self, index: int) -> dict:
+        video, view = divmod(index, self.num_views)
+        temporal, crop = divmod(view, self.num_spatial_crops)
+        key = (video, temporal)
+        try:
+            if self._cache is not None and self._cache[0] == key:
+                frames = self._cache[1]
+            else:
+                frames = self._decode(video, temporal, None)
+                self._cache = (key, frames)
+        except DecodeError as e:
+            return {"index": video, "view": view, "bad": [f"{e.path}: {e.reason}"]}
+        clip = self.transform(frames, crops=[crop] if self.num_spatial_crops > 1 else None)[0]
+        return {"video": clip, "label": self.samples[video][1], "index": video, "view": view, "bad": []}
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        return self._train_item(index) if self.train else self._eval_item(index)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(videos={self.num_videos}, classes={self.num_classes}, train={self.train}, "
+            f"views={self.num_views}, sampling={self.sampling!r}, frames={self.num_frames}x{self.sampling_rate})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building from a DataConfig
+# ---------------------------------------------------------------------------------------------------
+
+
+def resolve_format(cfg: DataConfig, annotations: str) -> str:
+    """cfg.format, or for "auto": "folder" for a directory (here or under root), "ssv2" for .json, else "kinetics"."""
+    if cfg.format != "auto":
+        return cfg.format
+    return "folder" if os.path.isdir(_folder(cfg, annotations)) else detect_format(annotations)
+
+
+def _split_annotations(cfg: DataConfig, split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    path = {"train": cfg.train_annotations, "val": cfg.val_annotations, "test": cfg.test_annotations or cfg.val_annotations}[split]
+    if not path:
+        raise ValueError(f"DataConfig: no annotations for split {split!r} (set {split}_annotations)")
+    return path
+
+
+def _folder(cfg: DataConfig, path: str) -> str:
+    return path if os.path.isabs(path) or os.path.isdir(path) or not cfg.root else os.path.join(cfg.root, path)
+
+
+def load_annotations(
+    cfg: DataConfig, annotations: str, *, fmt: str | None = None, classes_from: str | None = None
+) -> Annotations:
+    """Read one annotation file (or folder) as `cfg` says. `classes_from`: the training annotations,
+    whose sorted names define the classes when a Kinetics file has name labels and no classes file."""
+    fmt = fmt or resolve_format(cfg, annotations)
+    classes = read_classes(cfg.classes_file) if cfg.classes_file else None
+    if fmt == "kinetics":
+        if classes is None and classes_from and os.path.isfile(classes_from):
+            classes = kinetics_class_names(classes_from) or None
+        return read_kinetics(annotations, root=cfg.root, classes=classes, num_classes=cfg.num_classes)
+    if fmt == "ssv2":
+        if not cfg.labels_file:
+            raise ValueError("DataConfig.labels_file: the SSv2 format needs the labels JSON (labels.json)")
+        return read_ssv2(annotations, labels_file=cfg.labels_file, root=cfg.root, video_extension=cfg.video_extension)
+    if fmt == "folder":
+        if classes is None and classes_from:
+            # the training folder's class names, so a val folder missing a class keeps the indices
+            train_dir = _folder(cfg, classes_from)
+            classes = sorted(d.name for d in os.scandir(train_dir) if d.is_dir()) if os.path.isdir(train_dir) else None
+        return read_folder(_folder(cfg, annotations), classes=classes)
+    raise ValueError(f"unknown annotation format {fmt!r}")
+
+
+def _check_annotation_errors(ann: Annotations, max_fraction: float) -> None:
+    for err in ann.errors:
+        logger.warning("bad annotation %s", err)
+    if not ann.samples:
+        raise BadDataError(f"{ann.source}: no usable entries ({len(ann.errors)} bad; first: {[str(e) for e in ann.errors[:3]]})")
+    frac = len(ann.errors) / ann.num_entries
+    if frac > max_fraction:
+        raise BadDataError(
+            f"{ann.source}: {len(ann.errors)} of {ann.num_entries} entries ({frac:.1%}) are unusable, "
+            f"above max_skip_fraction={max_fraction}; first: {[str(e) for e in ann.errors[:3]]}"
+        )
+
+
+def build_dataset(cfg: DataConfig, split: str, *, seed: int = 0) -> VideoDataset:
+    """The dataset of `split` ("train" | "val" | "test") as `cfg` describes it.
+
+    val: one centred clip, centre crop per video. test: `num_temporal_views x num_spatial_crops` views.
+    """
+    path = _split_annotations(cfg, split)
+    fmt = resolve_format(cfg, path)
+    ann = load_annotations(cfg, path, fmt=fmt, classes_from=cfg.train_annotations)
+    _check_annotation_errors(ann, cfg.max_skip_fraction)
+    classes = ann.classes
+    if cfg.num_classes and cfg.num_classes != len(classes):
+        if cfg.num_classes < len(classes):
+            raise ValueError(f"DataConfig.num_classes={cfg.num_classes} but {path} has {len(classes)} classes")
+        classes = classes + [str(i) for i in range(len(classes), cfg.num_classes)]
+    sampling = cfg.sampling if cfg.sampling != "auto" else ("segment" if fmt == "ssv2" else "clip")
+    train = split == "train"
+    if train:
+        transform = TrainTransform(
+            cfg.crop_size,
+            random_resized_crop=cfg.random_resized_crop,
+            rrc_scale=cfg.rrc_scale,
+            rrc_ratio=cfg.rrc_ratio,
+            jitter_scales=cfg.train_jitter_scales,
+            flip=cfg.flip,
+            randaug_magnitude=cfg.randaug_magnitude,
+            randaug_num_ops=cfg.randaug_num_ops if cfg.randaug else 0,
+            randaug_magnitude_std=cfg.randaug_magnitude_std,
+            erase_prob=cfg.erase_prob,
+            mean=cfg.mean,
+            std=cfg.std,
+        )
+    else:
+        crops = cfg.num_spatial_crops if split == "test" else 1
+        transform = EvalTransform(cfg.crop_size, cfg.test_short_side, num_crops=crops, mean=cfg.mean, std=cfg.std)
+    return VideoDataset(
+        ann.samples,
+        classes,
+        train=train,
+        transform=transform,
+        sampling=sampling,
+        num_frames=cfg.num_frames,
+        sampling_rate=cfg.sampling_rate,
+        target_fps=cfg.target_fps,
+        num_temporal_views=cfg.num_temporal_views if split == "test" else 1,
+        num_spatial_crops=cfg.num_spatial_crops if split == "test" else 1,
+        max_retries=cfg.max_retries,
+        seed=seed,
+    )

@@ -1,0 +1,220 @@
+"""stts.data.annotations / datasets / config: formats, labels, views, bad entries."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+pytest.importorskip("av")
+
+from _data_helpers import clip_indices_of, index_frames, make_kinetics_dataset, write_video
+
+from stts.data import BadDataError, DataConfig, build_dataset, read_folder, read_kinetics, read_ssv2
+
+PLAIN = dict(mean=(0, 0, 0), std=(1, 1, 1))  # items then hold raw [0, 1] pixels, so indices can be read
+
+
+# --- Kinetics CSV --------------------------------------------------------------------------------
+
+
+def test_kinetics_spaces_commas_names_ints_header_comments(tmp_path):
+    classes = ["air drumming", "abseiling", "zumba"]
+    csv = tmp_path / "a.csv"
+    csv.write_text(
+        "path,label\n"  # header
+        "# comment\n"
+        "x/1.mp4 2\n"
+        "x/2.mp4,abseiling\n"
+        "\n"
+        "x/3.mp4 air drumming\n"  # a class name with a space
+        "/abs/4.mp4,0\n"
+    )
+    ann = read_kinetics(csv, root="/data", classes=classes)
+    assert ann.errors == []
+    assert ann.samples == [("/data/x/1.mp4", 2), ("/data/x/2.mp4", 1), ("/data/x/3.mp4", 0), ("/abs/4.mp4", 0)]
+
+
+def test_kinetics_bad_lines_report_file_line_and_reason(tmp_path):
+    csv = tmp_path / "a.csv"
+    csv.write_text("a.mp4 0\nlonely\nb.mp4 7\nc.mp4 nosuchclass\nd.mp4,1,extra,x\ne.mp4 -1\nf.mp4 1\n")
+    ann = read_kinetics(csv, classes=["p", "q", "r"])
+    assert [s[1] for s in ann.samples] == [0, 1]
+    where = {e.where: e.reason for e in ann.errors}
+    assert set(where) == {f"{csv}:{n}" for n in (2, 3, 4, 5, 6)}
+    assert "one field" in where[f"{csv}:2"]
+    assert "label 7 out of range [0, 3)" in where[f"{csv}:3"]
+    assert "unknown label 'nosuchclass'" in where[f"{csv}:4"]
+    assert "4 comma-separated fields" in where[f"{csv}:5"]
+
+
+def test_kinetics_classes_from_names_without_classes_file(tmp_path):
+    csv = tmp_path / "a.csv"
+    csv.write_text("a.mp4 walk\nb.mp4 run\nc.mp4 jump\nd.mp4 run\n")
+    ann = read_kinetics(csv)
+    assert ann.classes == ["jump", "run", "walk"]
+    assert [y for _, y in ann.samples] == [2, 1, 0, 1]
+
+
+def test_val_uses_train_classes_and_unknown_val_label_is_reported(tmp_path, caplog):
+    (tmp_path / "train.csv").write_text("a.mp4 walk\nb.mp4 run\nc.mp4 jump\n")
+    (tmp_path / "val.csv").write_text("".join(f"v{i}.mp4 run\n" for i in range(20)) + "z.mp4 swim\n")
+    cfg = DataConfig(root=str(tmp_path), train_annotations=str(tmp_path / "train.csv"),
+                     val_annotations=str(tmp_path / "val.csv"))
+    with caplog.at_level(logging.WARNING, logger="stts.data"):
+        ds = build_dataset(cfg, "val")
+    assert ds.classes == ["jump", "run", "walk"] and {y for _, y in ds.samples} == {1}
+    assert any("val.csv:21" in r.getMessage() and "swim" in r.getMessage() for r in caplog.records)
+
+
+def test_too_many_bad_annotation_lines_fail_loudly(tmp_path):
+    (tmp_path / "t.csv").write_text("a.mp4 0\nbroken\nb.mp4 9\n")
+    cfg = DataConfig(train_annotations=str(tmp_path / "t.csv"), num_classes=2)
+    with pytest.raises(BadDataError, match=r"2 of 3 entries \(66.7%\).*t.csv:2"):
+        build_dataset(cfg, "train")
+
+
+# --- SSv2 ----------------------------------------------------------------------------------------
+
+
+def test_ssv2_template_brackets_and_errors(tmp_path):
+    labels = {"Putting something on something": "1", "Approaching something with your camera": "0"}
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    entries = [
+        {"id": "11", "label": "putting a cup on a box", "template": "Putting [something] on [something]"},
+        {"id": "12", "template": "Approaching [something] with your camera"},
+        {"id": "13", "template": "Juggling [something]"},
+        {"id": "14"},
+        "not a dict",
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(entries))
+    ann = read_ssv2(tmp_path / "train.json", labels_file=tmp_path / "labels.json", root="/v")
+    assert ann.samples == [("/v/11.webm", 1), ("/v/12.webm", 0)]
+    assert ann.classes == ["Approaching something with your camera", "Putting something on something"]
+    reasons = {e.where.rsplit("[", 1)[1]: e.reason for e in ann.errors}
+    assert "unknown template 'Juggling something'" in reasons["2]"]
+    assert "no 'template'" in reasons["3]"] and "without an 'id'" in reasons["4]"]
+
+
+def test_ssv2_dataset_uses_segment_sampling(tmp_path):
+    (tmp_path / "labels.json").write_text(json.dumps({"Holding something": "0"}))
+    (tmp_path / "val.json").write_text(json.dumps([{"id": "7", "template": "Holding [something]"}]))
+    write_video(tmp_path / "7.webm", index_frames(32, 96, 96), codec="libvpx")
+    cfg = DataConfig(root=str(tmp_path), val_annotations=str(tmp_path / "val.json"),
+                     labels_file=str(tmp_path / "labels.json"), num_frames=8, crop_size=96,
+                     test_short_side=96, **PLAIN)
+    ds = build_dataset(cfg, "val")
+    assert ds.sampling == "segment" and ds.num_classes == 1
+    assert clip_indices_of(ds[0]["video"]) == [4 * i + 2 for i in range(8)]  # segment centres
+
+
+# --- folders -------------------------------------------------------------------------------------
+
+
+def test_folder_layout(tmp_path):
+    for split, names in (("train", ["cat", "dog", "eel"]), ("val", ["dog", "eel"])):
+        for c in names:
+            (tmp_path / split / c / "sub").mkdir(parents=True)
+            (tmp_path / split / c / "sub" / "1.mp4").write_bytes(b"x")
+            (tmp_path / split / c / "notes.txt").write_text("not a video")
+    ann = read_folder(tmp_path / "train")
+    assert ann.classes == ["cat", "dog", "eel"] and len(ann.samples) == 3
+    cfg = DataConfig(root=str(tmp_path), train_annotations="train", val_annotations="val")
+    ds = build_dataset(cfg, "val")  # "val" resolved under root; classes from the train folder
+    assert ds.classes == ["cat", "dog", "eel"]
+    assert sorted(y for _, y in ds.samples) == [1, 2]
+
+
+# --- items, views, bad videos ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kinetics(tmp_path_factory):
+    root = tmp_path_factory.mktemp("k")
+    csv, entries = make_kinetics_dataset(root, num_good=3, bad=("missing", "garbage", "empty"))
+    return str(root), csv, entries
+
+
+def test_test_split_views_and_indices(kinetics):
+    root, csv, entries = kinetics
+    cfg = DataConfig(root=root, val_annotations=csv, classes_file=f"{root}/classes.txt", num_frames=4,
+                     sampling_rate=2, crop_size=96, test_short_side=96, num_temporal_views=2, **PLAIN)
+    ds = build_dataset(cfg, "test")
+    assert ds.num_videos == 6 and ds.num_views == 2 and len(ds) == 12 and ds.classes == ["a", "b", "c"]
+    item = ds[2]  # video 1, view 0
+    assert (item["index"], item["view"], item["label"]) == (1, 0, 1)
+    assert item["video"].shape == (3, 4, 96, 96) and item["bad"] == []
+    # 64 frames, span 8, free 56: view 0 starts at 0, view 1 at 56
+    assert clip_indices_of(item["video"]) == [0, 2, 4, 6]
+    assert clip_indices_of(ds[3]["video"]) == [56, 58, 60, 62]
+    assert clip_indices_of(build_dataset(cfg, "val")[1]["video"]) == [28, 30, 32, 34]  # val: 1 centred view
+
+
+def test_three_spatial_crops(kinetics):
+    root, csv, _ = kinetics
+    cfg = DataConfig(root=root, val_annotations=csv, num_frames=2, crop_size=64, test_short_side=96,
+                     num_temporal_views=1, num_spatial_crops=3, **PLAIN)
+    ds = build_dataset(cfg, "test")
+    crops = [ds[i]["video"] for i in range(3)]
+    assert [ds[i]["view"] for i in range(3)] == [0, 1, 2]
+    assert not torch.equal(crops[0], crops[2])
+
+
+def test_eval_bad_items_have_no_video_and_say_why(kinetics, caplog):
+    root, csv, entries = kinetics
+    cfg = DataConfig(root=root, val_annotations=csv, num_frames=4, crop_size=64, test_short_side=64)
+    ds = build_dataset(cfg, "val")
+    with caplog.at_level(logging.WARNING, logger="stts.data"):
+        items = [ds[i] for i in range(len(ds))]
+    reasons = {"missing": "missing file", "garbage": "cannot open", "empty": "no decodable frame"}
+    for (rel, _, kind), item in zip(entries, items):
+        if kind == "good":
+            assert "video" in item and item["bad"] == []
+        else:
+            assert "video" not in item and len(item["bad"]) == 1
+            assert rel in item["bad"][0] and reasons[kind] in item["bad"][0]
+            assert any(rel in r.getMessage() and reasons[kind] in r.getMessage() for r in caplog.records)
+
+
+def test_train_bad_item_is_replaced_by_a_good_one(kinetics):
+    root, csv, entries = kinetics
+    cfg = DataConfig(root=root, train_annotations=csv, num_frames=4, crop_size=32)
+    ds = build_dataset(cfg, "train")
+    item = ds[3]  # the missing file
+    assert item["index"] < 3 and item["label"] == entries[item["index"]][1]
+    assert item["video"].shape == (3, 4, 32, 32)
+    assert len(item["bad"]) >= 1 and "missing file" in item["bad"][0]
+    assert ds[0]["bad"] == [] and ds[0]["index"] == 0
+
+
+def test_all_bad_training_data_raises(tmp_path):
+    csv, _ = make_kinetics_dataset(tmp_path, num_good=0, bad=("missing", "garbage"))
+    cfg = DataConfig(root=str(tmp_path), train_annotations=csv, num_frames=2, crop_size=32, max_retries=3)
+    with pytest.raises(BadDataError, match="4 bad videos in a row"):
+        build_dataset(cfg, "train")[0]
+
+
+# --- config ----------------------------------------------------------------------------------------
+
+
+def test_data_config_defaults_and_validation():
+    cfg = DataConfig()
+    assert (cfg.num_frames, cfg.sampling_rate, cfg.crop_size, cfg.train_jitter_scales) == (16, 4, 224, (256, 320))
+    assert (cfg.randaug_magnitude, cfg.randaug_num_ops, cfg.erase_prob) == (7, 4, 0.25)
+    assert (cfg.mixup_alpha, cfg.cutmix_alpha, cfg.label_smoothing, cfg.max_skip_fraction) == (0.8, 1.0, 0.1, 0.1)
+    with pytest.raises(ValueError, match="format: unknown value 'csv'"):
+        DataConfig(format="csv")
+    with pytest.raises(ValueError, match="num_spatial_crops"):
+        DataConfig(num_spatial_crops=2)
+    with pytest.raises(ValueError, match="no annotations for split 'val'"):
+        build_dataset(DataConfig(), "val")
+
+
+def test_data_config_through_omegaconf():
+    omegaconf = pytest.importorskip("omegaconf")
+    base = omegaconf.OmegaConf.structured(DataConfig)
+    merged = omegaconf.OmegaConf.merge(base, {"num_frames": 8, "rrc_scale": [0.2, 1.0]})
+    cfg = omegaconf.OmegaConf.to_object(merged)
+    assert isinstance(cfg, DataConfig) and cfg.num_frames == 8 and cfg.rrc_scale == (0.2, 1.0)
+    with pytest.raises(Exception, match="nmu_frames"):
+        omegaconf.OmegaConf.merge(base, {"nmu_frames": 8})
