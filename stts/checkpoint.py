@@ -15,6 +15,7 @@ official keys with its `checkpoint_filter_fn(state_dict, model) -> state_dict`.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -81,9 +82,15 @@ def read_checkpoint(path: "str | os.PathLike") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        return {"model": load_file(str(path))}
+        ckpt = {"model": load_file(str(path))}
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if "stts" in meta:  # build config written by `stts export` (JSON): load_model can rebuild the model
+            ckpt["stts"] = json.loads(meta["stts"])
+        return ckpt
     try:
         # Official PySlowFast/mmaction files pickle numpy/yacs objects, so full unpickling is needed;
         # only load checkpoints you trust (as with torch.load everywhere).

@@ -56,29 +56,40 @@ def patch(model: nn.Module, plan: "str | SelectionPlan", **settings) -> nn.Modul
                         "(needs `selectors` ModuleDict and `selection_dim`)")
     plan = parse_plan(plan, **settings)
     old: SelectionPlan = getattr(model, "plan", None) or SelectionPlan()
-    # Validate everything before touching the model.
     merged = replace(plan, specs=tuple(sorted(old.specs + plan.specs, key=_order)))
     parse_plan(str(merged))  # the combination must be a valid plan too (e.g. nothing grid-based after K)
     kinds = getattr(model, "selection_kinds", "TSK")
-    new = {}
-    for spec in plan:
-        if spec.kind not in kinds:
-            raise ValueError(f"{type(model).__name__} does not support {spec.kind!r} selection ({spec}); "
-                             f"it takes {', '.join(kinds)}")
-        try:
-            dim = model.selection_dim(spec.before)
-            if hasattr(model, "check_selection"):
-                model.check_selection(spec)
-        except ValueError as e:
-            raise ValueError(f"cannot place {spec} in {type(model).__name__}: {e}") from None
-        new[spec.name] = build_selector(spec, dim, plan)
-    # Keep the ModuleDict in execution order (by place, then T before S before K): run_selectors
-    # walks it in order, and state dicts list selectors the same way whatever order they were added.
-    ordered = sorted([*model.selectors.items(), *new.items()], key=lambda kv: _order(kv[1].spec))
-    model.selectors.clear()
-    model.selectors.update(ordered)
+    before = list(model.selectors.items())
+    try:
+        for spec in plan:
+            if spec.kind not in kinds:
+                raise ValueError(f"{type(model).__name__} does not support {spec.kind!r} selection ({spec}); "
+                                 f"it takes {', '.join(kinds)}")
+            try:
+                dim = model.selection_dim(spec.before)
+                if hasattr(model, "check_selection"):
+                    # Selectors of this plan placed so far are already in the model, so the backbone
+                    # checks each spec against the token map the earlier ones leave.
+                    model.check_selection(spec)
+            except ValueError as e:
+                raise ValueError(f"cannot place {spec} in {type(model).__name__}: {e}") from None
+            sel = build_selector(spec, dim, plan)
+            sel.train(model.training)  # a model in eval mode must keep selecting hard
+            _insert_in_order(model.selectors, spec.name, sel)
+    except BaseException:
+        model.selectors.clear()
+        model.selectors.update(before)
+        raise
     model.plan = merged
     return model
+
+
+def _insert_in_order(selectors: nn.ModuleDict, name: str, sel: nn.Module) -> None:
+    """Keep the ModuleDict in execution order (by place, then T before S before K): run_selectors
+    walks it in order, and state dicts list selectors the same way whatever order they were added."""
+    items = sorted([*selectors.items(), (name, sel)], key=lambda kv: _order(kv[1].spec))
+    selectors.clear()
+    selectors.update(items)
 
 
 def run_selectors(selectors: nn.ModuleDict, index: int, x: Tensor, thw, record: dict | None = None):

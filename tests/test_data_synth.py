@@ -63,8 +63,10 @@ def test_event_visible_only_in_its_frames_and_colour_survives(synth):
         assert colour == clip["class"].split("_")[0]
 
 
-def test_shape_survives_compression(synth):
-    out, meta = synth
+def test_shape_survives_compression(tmp_path):
+    # Classes 0-5 differ by colour (all squares); 6-11 are the same colours as rings.
+    out = make_synthetic_dataset(tmp_path, num_classes=12, clips_per_class=1, val_clips_per_class=0, seed=1)
+    meta = json.loads(Path(out["meta"]).read_text())
     centre = {"square": [], "ring": []}
     for rel, clip in meta["clips"].items():
         frames, _ = decode_all(Path(out["root"]) / rel)

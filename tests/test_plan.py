@@ -115,3 +115,29 @@ def test_patch_errors_leave_model_unchanged(plan, message):
 def test_patch_rejects_models_without_the_protocol():
     with pytest.raises(TypeError, match="does not support token selection"):
         stts.patch(nn.Linear(2, 2), "T0_0.5")
+
+
+def test_patch_keeps_the_models_mode():
+    model = ToyBackbone().eval()
+    stts.patch(model, "T1_0.5")
+    assert not model.selectors["T1"].training  # an eval model keeps selecting hard
+
+
+class GridToy(ToyBackbone):
+    """Checks each spec against the grid the selectors already in the model leave (like MViT/ViT)."""
+
+    def check_selection(self, spec):
+        frames = 4
+        for sel in self.selectors.values():
+            frames = sel.keep or int(frames * sel.ratio)
+        if spec.kind == "T" and spec.keep and spec.keep > frames:
+            raise ValueError(f"only {frames} frames reach block {spec.before}")
+
+
+def test_check_selection_sees_earlier_selectors_of_the_same_plan():
+    with pytest.raises(ValueError, match="only 2 frames reach block 2"):
+        stts.patch(GridToy(), "T1_0.5-T2_k3")
+    model = GridToy()
+    with pytest.raises(ValueError):
+        stts.patch(model, "T1_0.5-T2_k3")
+    assert len(model.selectors) == 0  # rolled back

@@ -231,6 +231,11 @@ def test_gradients_reach_every_scorer_parameter(make, thw, jacobian):
     for name, p in sel.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
+        if name == "scorer.head.4.bias":
+            # Min-max normalisation is shift-invariant: the last bias cancels exactly (its gradient is
+            # rounding noise). It stays for checkpoint compatibility with the official scorer.
+            assert p.grad.abs().max() < 1e-4 * sel.scorer.head[4].weight.grad.abs().max() + 1e-7, name
+            continue
         assert p.grad.abs().sum() > 0, name
 
 
@@ -243,6 +248,9 @@ def test_uniform_and_random_policies():
     anchor = AnchorSelector(8, anchor_size=2, stride=1, policy="uniform").eval()
     _, _, kept = anchor(x, (8, 4, 4), return_selection=True)
     assert torch.all(kept.indices == 4)  # the centre of the 3x3 anchor positions
+    anchor = AnchorSelector(8, anchor_size=1, stride=1, policy="uniform").eval()
+    _, _, kept = anchor(x, (8, 4, 4), return_selection=True)
+    assert kept.boxes[0, 0].tolist() == [2, 2, 1, 1]  # 4x4 positions: a central one, not the flat middle
     rnd = TemporalSelector(8, ratio=0.5, policy="random")
     picks = {tuple(rnd(x, (8, 4, 4), return_selection=True)[2].indices[0].tolist()) for _ in range(20)}
     assert len(picks) > 1

@@ -1,0 +1,96 @@
+"""Latency and throughput of registered models (eval mode), with the speed-up and FLOP ratio vs the first.
+
+    stts bench mvit_b_16x4 mvit_b_16x4_stts_t0.5_s0.7 --batch-size 1 --threads 2
+    stts bench mvit_b_16x4 mvit_b_16x4_stts_t0.9_s0.9 --device cuda --batch-size 32 --dtype bfloat16
+    stts bench mvit_b_16x4 mvit_b_16x4:T0_0.5-S4_0.7 --frames 8 --size 112 --json   # NAME:PLAN adds a plan
+
+Models run round-robin (one call of each in turn, `--repeats` rounds, after `--warmup` calls each), so
+drifts of the machine (clock, thermals, other jobs) hit every model alike; latency is the median.
+GFLOPs are multiply-adds per clip (stts.flops, the papers' convention).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("models", nargs="+", metavar="MODEL",
+                        help="registered names, or NAME:PLAN for a dense name plus a plan; the first is the baseline")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=0, help="clip length (default: the model's)")
+    parser.add_argument("--size", type=int, default=0, help="crop size (default: the model's)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="autocast dtype (float32: none)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per model first")
+    parser.add_argument("--kwargs", default="{}", help="JSON builder kwargs for every model")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args) -> int:
+    import torch
+
+    from stts.flops import count_flops
+    from stts.measure import median, time_fn
+    from stts.models import create_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        kwargs = json.loads(args.kwargs)
+        if args.frames:
+            kwargs["num_frames"] = args.frames
+        if args.size:
+            kwargs["img_size"] = args.size
+        models = []
+        for spec in args.models:
+            name, _, plan = spec.partition(":")
+            models.append(create_model(name, selection=plan or None, **kwargs).eval())
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    models = [m.to(device) for m in models]
+    C, T, H, W = models[0].input_size
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, C, T, H, W).to(device)  # built on CPU: the same clip on every device
+    gflops = [count_flops(m, (1, C, T, H, W)).gflops for m in models]
+    amp = torch.autocast(device.type, dtype=getattr(torch, args.dtype)) if args.dtype != "float32" else None
+    times: list[list[float]] = [[] for _ in models]
+    with torch.inference_mode(), (amp if amp is not None else _null()):
+        for m in models:
+            time_fn(lambda: m(x), warmup=args.warmup, repeats=0, device=device)
+        for _ in range(args.repeats):
+            for i, m in enumerate(models):
+                times[i] += time_fn(lambda: m(x), warmup=0, repeats=1, device=device)
+    rows = []
+    for name, m, g, ts in zip(args.models, models, gflops, times):
+        lat = median(ts)
+        plan = getattr(m, "plan", None)
+        rows.append({"model": name, "plan": str(plan) if plan is not None and len(plan) else None, "gflops": g,
+                     "latency_ms": 1e3 * lat, "clips_per_s": args.batch_size / lat})
+    for r in rows:
+        r["speedup"] = rows[0]["latency_ms"] / r["latency_ms"]
+        r["flop_ratio"] = r["gflops"] / rows[0]["gflops"]
+    setup = {"batch_size": args.batch_size, "input": [C, T, H, W], "device": str(device), "dtype": args.dtype,
+             "threads": torch.get_num_threads(), "repeats": args.repeats}
+    if args.json:
+        print(json.dumps({"setup": setup, "results": rows}, indent=1))
+        return 0
+    print(f"batch {args.batch_size} x {C}x{T}x{H}x{W}, {device}, {args.dtype}, {setup['threads']} threads, "
+          f"median of {args.repeats} round-robin rounds")
+    print(f"{'model':<32} {'plan':<20} {'GFLOPs':>8} {'FLOPs x':>8} {'ms':>9} {'clips/s':>9} {'speed-up':>8}")
+    for r in rows:
+        print(f"{r['model']:<32} {r['plan'] or 'dense':<20} {r['gflops']:>8.4g} {r['flop_ratio']:>8.3f} "
+              f"{r['latency_ms']:>9.2f} {r['clips_per_s']:>9.2f} {r['speedup']:>7.2f}x")
+    return 0
+
+
+def _null():
+    from contextlib import nullcontext
+
+    return nullcontext()

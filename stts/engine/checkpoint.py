@@ -1,0 +1,137 @@
+"""Training checkpoints (resume), fine-tuning starts, and safetensors export.
+
+    save_training_state(out / "last.pt", model, optimizer=opt, scaler=scaler, step=..., ...)
+    state = load_training_state(path, model, optimizer, scaler)   # weights + optimizer + RNG restored
+    report = load_finetune(model, "MVIT_B_16x4.pyth")             # dense -> STTS: scorers start fresh
+    export_safetensors("runs/x/best.pt", "mvit_stts.safetensors")  # stts.load_model reads it back
+
+A training checkpoint is an stts checkpoint (`stts.checkpoint`: {"stts": build config, "model": weights})
+plus "optimizer", "scaler", "config" (resolved run config), "step" (optimizer steps done), "epoch",
+"epoch_step" (steps done within that epoch), "best" (metric), "rng" (one entry per rank: python, numpy,
+torch, cuda states and the mixup generator). `stts.load_model(path)` rebuilds the model from any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from stts.checkpoint import (CheckpointError, atomic_save, extract_state_dict, load_state_dict_checked, model_config,
+                             read_checkpoint)
+
+__all__ = ["rng_state", "set_rng_state", "save_training_state", "load_training_state", "find_resume",
+           "load_finetune", "export_safetensors"]
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict:
+    """Every RNG a training step draws from: python, numpy, torch (CPU, CUDA) and an extra generator."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device only (`_all` would touch every GPU)
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+
+
+def save_training_state(path: "str | Path", model: nn.Module, **state) -> None:
+    """Weights + build config + `state` (optimizer/scaler objects are turned into state dicts), atomically."""
+    raw = getattr(model, "module", model)
+    for key in ("optimizer", "scaler"):
+        if key in state and hasattr(state[key], "state_dict"):
+            state[key] = state[key].state_dict()
+    atomic_save({"stts": model_config(raw), "model": raw.state_dict(), **state}, path)
+
+
+def load_training_state(path: "str | Path", model: nn.Module, optimizer=None, scaler=None) -> dict:
+    """Restore weights (strict), optimizer and scaler in place; return the checkpoint dict (step, rng, ...)."""
+    ckpt = read_checkpoint(path)
+    if "optimizer" not in ckpt or "step" not in ckpt:
+        raise CheckpointError(f"{path} is not a training checkpoint (no optimizer/step); "
+                              "use model.finetune to start from its weights instead")
+    load_state_dict_checked(model, extract_state_dict(ckpt), strict=True, source=str(path))
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    return ckpt
+
+
+def find_resume(resume: str, output_dir: "str | Path") -> Path | None:
+    """train.resume -> the checkpoint to resume from: "auto" takes <output_dir>/last.pt if it exists."""
+    if not resume:
+        return None
+    if resume == "auto":
+        last = Path(output_dir) / "last.pt"
+        return last if last.is_file() else None
+    return Path(resume)
+
+
+def _classifier_prefix(model: nn.Module) -> str | None:
+    """Name of the classifier module ("head", "head.proj", ...), found from get_classifier() or by name."""
+    clf = model.get_classifier() if hasattr(model, "get_classifier") else getattr(model, "head", None)
+    if clf is None:
+        return None
+    for name, module in model.named_modules():
+        if module is clf:
+            return name
+    return None
+
+
+def load_finetune(model: nn.Module, path: "str | Path") -> dict:
+    """Load a dense, official or stts checkpoint to fine-tune from; returns what happened.
+
+    Non-strict about keys (a dense checkpoint has no scorer weights: they start fresh), strict about
+    shapes, except the classifier: a checkpoint with another number of classes leaves the model's
+    freshly initialised head in place. Returns {"missing", "unexpected", "head_reset", "fresh_scorers"}.
+    """
+    ckpt = read_checkpoint(path)
+    sd = extract_state_dict(ckpt)
+    raw = getattr(model, "module", model)
+    filter_fn = getattr(sys.modules.get(type(raw).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None and "stts" not in ckpt:
+        sd = filter_fn(sd, raw)  # official keys -> ours
+    own = raw.state_dict()
+    head = _classifier_prefix(raw)
+    head_reset = sorted(k for k, v in sd.items() if head and k.startswith(head + ".") and k in own
+                        and v.shape != own[k].shape)
+    sd = {k: v for k, v in sd.items() if k not in head_reset}
+    result = load_state_dict_checked(raw, sd, strict=False, source=str(path))
+    result["head_reset"] = head_reset
+    result["fresh_scorers"] = [k for k in result["missing"] if k.startswith("selectors.")]
+    return result
+
+
+def export_safetensors(checkpoint: "str | Path", out: "str | Path") -> dict:
+    """Write a checkpoint's weights to safetensors with the build config in the metadata (key "stts",
+    JSON), so `stts.load_model(out)` rebuilds the model. Returns the build config."""
+    from safetensors.torch import save_file
+
+    from stts.checkpoint import load_model
+
+    model = load_model(checkpoint)  # validates: the weights fit the model they claim to be
+    cfg = model_config(model)
+    # clone: safetensors refuses tensors that share storage (tied or sliced weights)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"stts": json.dumps(cfg)})
+    os.replace(tmp, out)  # never a half-written file under the final name
+    return cfg

@@ -1,0 +1,249 @@
+"""Evaluation: multi-view aggregation per video, top-1 / top-5 / mean per-class accuracy, what the
+selectors keep, throughput; and `run_eval(cfg)`, the engine call behind `stts eval`.
+
+    result = evaluate(model, loader, num_videos=ds.num_videos, num_classes=ds.num_classes, device=dev)
+    result["top1"], result["top5"], result["mean_class_acc"]    # percent, over the videos evaluated
+    result["selections"]["T0"]["kept_fraction_per_frame"]        # how often each frame was kept
+
+Each loader item is one (video, view); its logits (or softmax) are summed into row `index` of a
+(num_videos, num_classes) table, all-reduced over ranks, and divided by the number of views seen.
+Videos without a single decodable view are "skipped": left out of the accuracies and listed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from stts.engine import distributed as D
+
+__all__ = ["aggregate_views", "accuracy_metrics", "SelectionStats", "evaluate", "run_eval"]
+
+
+def aggregate_views(index: Tensor, scores: Tensor, num_videos: int, average: str = "logits") -> tuple[Tensor, Tensor]:
+    """Sum per-view scores into their videos: index (V,), scores (V, C) -> sums (num_videos, C), counts (num_videos,).
+
+    average="softmax" sums probabilities instead of logits. Divide sums by counts after reducing over ranks.
+    """
+    scores = scores.float()
+    if average == "softmax":
+        scores = scores.softmax(dim=-1)
+    sums = torch.zeros(num_videos, scores.shape[1], dtype=torch.float32, device=scores.device)
+    sums.index_add_(0, index.to(scores.device), scores)  # (V, C) -> (num_videos, C)
+    counts = torch.bincount(index.to(scores.device), minlength=num_videos).float()
+    return sums, counts
+
+
+def accuracy_metrics(scores: Tensor, labels: Tensor, *, topk: int = 5) -> dict:
+    """scores (N, C) averaged per video, labels (N,) -> top-1, top-k, mean per-class accuracy (percent).
+
+    Mean per-class accuracy averages the top-1 accuracy of each class present in `labels`.
+    """
+    n, c = scores.shape
+    if n == 0:
+        return {"top1": 0.0, f"top{topk}": 0.0, "mean_class_acc": 0.0, "videos": 0}
+    k = min(topk, c)
+    top = scores.topk(k, dim=1).indices  # (N, k)
+    correct1 = top[:, 0] == labels
+    correctk = (top == labels[:, None]).any(dim=1)
+    per_class = [correct1[labels == cls].float().mean().item() for cls in labels.unique().tolist()]
+    return {"top1": 100.0 * correct1.float().mean().item(), f"top{topk}": 100.0 * correctk.float().mean().item(),
+            "mean_class_acc": 100.0 * float(np.mean(per_class)), "videos": n}
+
+
+class SelectionStats:
+    """Accumulates what each selector keeps (hard choices) over batches; summary() after reducing ranks.
+
+    temporal: how often each input frame is kept; anchor: how often each anchor position wins and the
+    mean anchor centre (fraction of the map height/width); token: kept tokens per input frame.
+    Counts stay on the selections' device (no GPU sync per step) until `state()` / `reduce()`.
+    """
+
+    _SUMS = ("hist", "centre", "size")
+
+    def __init__(self, data: dict | None = None):
+        self.data: dict[str, dict] = data or {}
+
+    def update(self, selections: dict) -> None:
+        for name, sel in selections.items():
+            T, H, W = sel.thw_in
+            idx = sel.indices.detach()
+            centre = size = torch.zeros(2 if sel.kind == "anchor" else 1, device=idx.device)
+            if sel.kind == "temporal":  # idx (B, K): counted per clip
+                hist, n, kept = torch.bincount(idx.flatten(), minlength=T), idx.shape[0], idx.shape[1]
+            elif sel.kind == "anchor":  # idx (B, T): counted per frame
+                hist, n, kept = torch.bincount(idx.flatten(), minlength=sel.scores.shape[-1]), idx.numel(), 1
+                top, left, h, w = sel.boxes.detach().float().reshape(-1, 4).unbind(-1)  # (B*T,) each
+                centre = torch.stack([((top + h / 2) / H).sum(), ((left + w / 2) / W).sum()])
+                size = h.sum()[None]
+            else:  # token: idx (B, K) positions in T*H*W -> kept tokens per input frame
+                frames = torch.div(idx, H * W, rounding_mode="floor")
+                hist, n, kept = torch.bincount(frames.flatten(), minlength=T), idx.shape[0], idx.shape[1]
+            d = self.data.setdefault(name, {"kind": sel.kind, "thw_in": (T, H, W), "kept": kept, "n": 0,
+                                            "hist": 0, "centre": 0, "size": 0})
+            for key, value in zip(self._SUMS, (hist, centre, size)):
+                d[key] = torch.as_tensor(d[key], device=value.device) + value
+            d["n"] += n
+
+    def state(self) -> dict:
+        """The counts as CPU numpy arrays (picklable: checkpoints, all_gather_object)."""
+        return {name: {k: (np.asarray(v.detach().cpu()) if isinstance(v, Tensor) else v) for k, v in d.items()}
+                for name, d in self.data.items()}
+
+    def reduce(self) -> "SelectionStats":
+        """Merge every rank's counts (small: all_gather_object), so each rank holds the totals."""
+        merged: dict[str, dict] = {}
+        for part in D.all_gather_objects(self.state()):
+            for name, d in part.items():
+                m = merged.setdefault(name, {**d, "n": 0, **{k: 0 for k in self._SUMS}})
+                for key in ("n", *self._SUMS):
+                    m[key] = m[key] + d[key]
+        return SelectionStats(merged)
+
+    def summary(self) -> dict:
+        out = {}
+        for name, d in self.state().items():
+            n = max(d["n"], 1)
+            (T, H, W), frac = d["thw_in"], [round(float(v) / n, 4) for v in d["hist"]]
+            if d["kind"] == "anchor":
+                y, x = (np.asarray(d["centre"], dtype=np.float64) / n).tolist()
+                out[name] = {"kind": "anchor", "map": [H, W], "anchor_size": round(float(d["size"][0]) / n),
+                             "frames": d["n"], "anchor_win_fraction": frac,
+                             "mean_centre_yx": [round(y, 4), round(x, 4)]}
+            elif d["kind"] == "temporal":
+                out[name] = {"kind": "temporal", "frames_in": T, "kept": d["kept"], "clips": d["n"],
+                             "kept_fraction_per_frame": frac}
+            else:
+                out[name] = {"kind": "token", "frames_in": T, "kept": d["kept"], "clips": d["n"],
+                             "kept_tokens_per_frame": [round(float(v) / n, 2) for v in d["hist"]]}
+        return out
+
+
+def format_selections(summary: dict) -> str:
+    """One line per selector: 'T0 kept frames [0.9 0.1 ...]', 'S4 anchor centre (0.50, 0.48)'."""
+    lines = []
+    for name, s in summary.items():
+        if s["kind"] == "temporal":
+            lines.append(f"{name} keeps {s['kept']}/{s['frames_in']} frames; kept fraction per frame: "
+                         + " ".join(f"{v:.2f}" for v in s["kept_fraction_per_frame"]))
+        elif s["kind"] == "anchor":
+            y, x = s["mean_centre_yx"]
+            lines.append(f"{name} anchor {s['anchor_size']}x{s['anchor_size']} of {s['map'][0]}x{s['map'][1]}; "
+                         f"mean centre (y, x) = ({y:.2f}, {x:.2f}); wins: "
+                         + " ".join(f"{v:.2f}" for v in s["anchor_win_fraction"]))
+        else:
+            lines.append(f"{name} keeps {s['kept']} tokens; per frame: "
+                         + " ".join(f"{v:.1f}" for v in s["kept_tokens_per_frame"]))
+    return "\n".join(lines)
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, *, num_videos: int, num_classes: int, device: torch.device,
+             amp_dtype: torch.dtype | None = None, average: str = "logits", progress: bool = False) -> dict:
+    """Multi-view evaluation over `loader` (this rank's share); metrics are over all ranks."""
+    raw = getattr(model, "module", model)
+    was_training = raw.training
+    raw.eval()
+    sums = torch.zeros(num_videos, num_classes, device=device)
+    counts = torch.zeros(num_videos, device=device)
+    labels = torch.full((num_videos,), -1, dtype=torch.long, device=device)
+    stats, bad = SelectionStats(), []
+    clips, model_time, t0 = 0, 0.0, time.perf_counter()
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc="eval", unit="batch", leave=False)
+    for batch in batches:
+        bad += batch["bad"]
+        x = batch["video"].to(device, non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        tm = time.perf_counter()
+        with autocast(device, amp_dtype):
+            logits, selections = raw(x, return_selections=True)  # no DDP wrapper needed without grads
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        model_time += time.perf_counter() - tm
+        clips += x.shape[0]
+        index = batch["index"].to(device)
+        s, c = aggregate_views(index, logits, num_videos, average)
+        sums += s
+        counts += c
+        labels[index] = batch["label"].to(device)
+        stats.update(selections)
+    raw.train(was_training)
+    # Views of one video may sit on several ranks: sum the tables, then average.
+    D.all_reduce(sums)
+    D.all_reduce(counts)
+    D.all_reduce(labels, op="max")  # -1 where this rank saw no view of the video
+    seen = counts > 0
+    scores = (sums[seen] / counts[seen, None]).cpu()
+    metrics = accuracy_metrics(scores, labels[seen].cpu())
+    total_clips = D.all_gather_objects((clips, model_time))
+    bad = [b for part in D.all_gather_objects(bad) for b in part]
+    metrics.update(
+        num_videos=num_videos,
+        skipped_videos=int((~seen).sum()),
+        bad=sorted(set(bad)),
+        views=int(counts.sum().item()),
+        clips_per_s=sum(c for c, _ in total_clips) / max(max(t for _, t in total_clips), 1e-9),
+        wall_s=time.perf_counter() - t0,
+        selections=stats.reduce().summary(),
+    )
+    return metrics
+
+
+def run_eval(cfg, *, checkpoint: str | None = None) -> dict:
+    """`stts eval`: load the checkpoint, evaluate `cfg.eval.split`, write the JSON report (rank 0)."""
+    from stts.checkpoint import load_model
+    from stts.data import build_dataset, build_loader
+    from stts.engine.train import amp_dtype_for
+    from stts.flops import count_flops
+
+    env = D.setup(cfg.train.device)
+    try:
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        out_dir = Path(cfg.train.output_dir)
+        ckpt = Path(checkpoint or cfg.eval.checkpoint or out_dir / "best.pt")
+        model = load_model(ckpt).to(env.device)
+        ds = build_dataset(cfg.data, cfg.eval.split, seed=cfg.train.seed)
+        if getattr(model, "num_classes", ds.num_classes) != ds.num_classes:
+            raise ValueError(f"{ckpt} predicts {model.num_classes} classes but the {cfg.eval.split} data has "
+                             f"{ds.num_classes} (data.classes_file / data.labels_file / data.num_classes)")
+        loader = build_loader(ds, cfg.data, batch_size=cfg.eval.batch_size or cfg.train.batch_size, train=False,
+                              distributed=env.ddp, seed=cfg.train.seed)
+        amp = amp_dtype_for(cfg.train.amp, env.device)
+        result = evaluate(model, loader, num_videos=ds.num_videos, num_classes=ds.num_classes, device=env.device,
+                          amp_dtype=amp, average=cfg.eval.average, progress=cfg.train.progress and env.main)
+        gflops = count_flops(model, (1, *ds.video_shape)).gflops
+        plan = getattr(model, "plan", None)
+        report = {
+            "checkpoint": str(ckpt), "model": model.model_name, "plan": str(plan) if plan else None,
+            "split": cfg.eval.split, "views_per_video": ds.num_views, "average": cfg.eval.average,
+            "gflops_per_view": gflops, "gflops_per_video": gflops * ds.num_views, **result,
+            "world_size": env.world_size, "device": str(env.device),
+            "amp": str(amp).replace("torch.", "") if amp else "off",
+        }
+        path = Path(cfg.eval.report or out_dir / f"eval_{cfg.eval.split}.json")
+        if env.main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=1))
+            from stts.engine.logging import eval_summary
+
+            print(eval_summary(report, path))
+        report["report_path"] = str(path)
+        return report
+    finally:
+        D.cleanup()

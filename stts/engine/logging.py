@@ -1,0 +1,132 @@
+"""What people see: a text log, JSONL + TensorBoard metrics, and the one-screen summaries.
+
+    log = RunLogger(out_dir, enabled=env.main, tensorboard=True)
+    log.info("epoch 3: ...")                     # stderr + <out>/train.log
+    log.metrics("train", {"loss": 1.2, "lr": 1e-4}, step=120)   # <out>/metrics.jsonl + TensorBoard
+    log.close()
+
+Only rank 0 writes (`enabled=False` elsewhere turns every call into a no-op).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["RunLogger", "train_summary", "eval_summary"]
+
+
+class RunLogger:
+    def __init__(self, out_dir: "str | Path", *, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.out_dir = Path(out_dir)
+        self.tb = None
+        self.logger = logging.getLogger("stts.train")
+        if not enabled:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        for h in list(self.logger.handlers):  # one run per process at a time: drop a previous run's files
+            self.logger.removeHandler(h)
+            h.close()
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        for h in (logging.StreamHandler(sys.stderr), logging.FileHandler(self.out_dir / "train.log")):
+            h.setFormatter(fmt)
+            self.logger.addHandler(h)
+        self.jsonl = open(self.out_dir / "metrics.jsonl", "a")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out_dir / "tb"))
+            except ImportError:  # tensorboard is an optional extra (stts[train])
+                self.logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def info(self, msg: str) -> None:
+        if self.enabled:
+            self.logger.info(msg)
+
+    def metrics(self, kind: str, values: dict, step: int) -> None:
+        """One JSONL record {"kind", "step", "time", **values}; the scalars also go to TensorBoard."""
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for tag, v in _scalars(values, kind):
+                self.tb.add_scalar(tag, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+        for h in list(self.logger.handlers):
+            self.logger.removeHandler(h)
+            h.close()
+
+
+def _scalars(value, tag: str):
+    """(tag, number) pairs of a nested dict/list, e.g. epoch/val_selections/T0/kept_fraction_per_frame/3."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _scalars(v, f"{tag}/{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _scalars(v, f"{tag}/{i}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield tag, value
+
+
+def _fmt_time(seconds: float) -> str:
+    h, rem = divmod(int(seconds), 3600)
+    return f"{h}h{rem // 60:02d}m{rem % 60:02d}s" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def train_summary(s: dict) -> str:
+    """The end-of-training screen."""
+    best = f"{s['best_top1']:.2f}% (epoch {s['best_epoch']})" if s.get("best_top1") is not None else "not evaluated"
+    lines = [
+        "=" * 72,
+        f"stts train: {s['model']}  plan {s['plan'] or 'dense'}  ({s['params_m']:.2f} M params)",
+        f"  steps {s['step']}/{s['total_steps']}  epochs {s['epochs_done']:.2f}  time {_fmt_time(s['time_s'])}"
+        f"  ({s['world_size']} process{'es' if s['world_size'] > 1 else ''}, {s['device']}, amp {s['amp']})",
+        f"  best val top-1 {best}   last train loss {s['last_loss']:.4f}",
+        f"  GFLOPs per view {s['gflops']:.4g}  (input {s['input_shape']})",
+    ]
+    if s.get("stopped_early"):
+        lines.append(f"  stopped at train.max_steps={s['step']}; continue with train.resume=auto")
+    lines += [
+        f"  checkpoints  {s['out_dir']}/last.pt"
+        + (f", {s['out_dir']}/best.pt" if s.get("best_top1") is not None else ""),
+        f"  logs         {s['out_dir']}/train.log, metrics.jsonl, tb/ (tensorboard --logdir {s['out_dir']}/tb)",
+        "=" * 72,
+    ]
+    return "\n".join(lines)
+
+
+def eval_summary(r: dict, path) -> str:
+    """The end-of-evaluation screen."""
+    from stts.engine.evaluate import format_selections
+
+    lines = [
+        "=" * 72,
+        f"stts eval: {r['model']}  plan {r['plan'] or 'dense'}  ({r['checkpoint']})",
+        f"  {r['split']}: {r['videos']} of {r['num_videos']} videos, {r['views_per_video']} views each"
+        f" ({r['average']} averaged); skipped {r['skipped_videos']}",
+        f"  top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  mean per-class {r['mean_class_acc']:.2f}%",
+        f"  GFLOPs per view {r['gflops_per_view']:.4g}  x {r['views_per_video']} views = {r['gflops_per_video']:.4g}",
+        f"  throughput {r['clips_per_s']:.1f} clips/s (model only; {r['world_size']} process(es), {r['device']}, "
+        f"amp {r['amp']})  wall {_fmt_time(r['wall_s'])}",
+    ]
+    sel = format_selections(r["selections"])
+    if sel:
+        lines += ["  selectors:"] + [f"    {line}" for line in sel.splitlines()]
+    lines += [f"  report       {path}", "=" * 72]
+    return "\n".join(lines)

@@ -1,0 +1,780 @@
+"""MViT v1 (Multiscale Vision Transformers) with STTS token selection, in plain PyTorch.
+
+    model = stts.create_model("mvit_b_16x4", num_classes=400)                  # dense MViT-B 16x4
+    model = stts.create_model("mvit_b_16x4_stts_t0.5_s0.7")                    # a published STTS model
+    model = stts.create_model("mvit_b_16x4", selection="T0_0.5-S4_0.7")        # any plan
+    model = stts.load_model("K400_MVIT_B_16x4_CONV.pyth")                      # official checkpoint
+    logits, kept = model(x, return_selections=True)    # x: (B, 3, T, H, W); kept: {"T0": Selection, ...}
+
+Papers: H. Fan et al., "Multiscale Vision Transformers", ICCV 2021 (arXiv 2104.11227); J. Wang et al.,
+"Efficient Video Transformers with Spatial-Temporal Token Selection", ECCV 2022 (arXiv 2111.11591).
+
+Credits: the architecture follows PySlowFast's MViT v1 (Apache-2.0) as forked by the STTS authors
+(MIT), so that their checkpoints load unchanged; the module layout follows timm's `mvitv2.py` and
+torchvision's `mvit.py` (blocks take and return the token grid). Every line is written anew.
+
+Structure (MViT-B 16x4): Conv3d patch embedding (3x7x7, stride 2x4x4) -> class token + separate
+space/time position embeddings (added once, before any selection) -> 16 blocks. Block i: pooling
+attention (q, k, v each pooled by a depthwise Conv3d + LayerNorm per head; the class token bypasses
+the pool), residual max-pooled where q is strided, MLP; channels double in the block before 1, 3 and
+14, heads and q-stride change at them. Final LayerNorm -> class token -> dropout -> Linear.
+
+Modifications against the official code:
+- k of a selector comes from the tokens it is given (T, H, W of the input), not from the config's
+  `NUM_FRAMES // 2`; a spatial selector's k uses the map before the block it runs before.
+- No `.cuda()`; selection is a hard gather in eval, so later blocks really run on fewer tokens.
+- The pools run channels-last, one depthwise conv over all heads (the per-head kernel repeated
+  nh times is the same arithmetic as the official (B*nh, hd, T, H, W) conv), and attention is
+  `F.scaled_dot_product_attention`. Both keep the official numbers (tests hold the fixtures).
+- A clip whose token grid differs from the default is handled by resampling the position
+  embeddings (bicubic in space, linear in time; trilinear for a joint embedding).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stts.models._registry import register_model
+from stts.models.layers import DropPath, Mlp, init_weights_trunc_normal
+from stts.models.zoo import ZOO
+from stts.patch import run_selectors
+
+__all__ = [
+    "MViT",
+    "MultiScaleBlock",
+    "PoolingAttention",
+    "TokenPool",
+    "mvit_block_configs",
+    "checkpoint_filter_fn",
+    "model_from_official",
+]
+
+Thw = tuple[int, int, int]
+
+
+def _triple(v) -> tuple[int, int, int]:
+    t = tuple(int(a) for a in (v if isinstance(v, Sequence) else (v, v, v)))
+    if len(t) != 3:
+        raise ValueError(f"expected 3 values (t, h, w), got {v!r}")
+    return t
+
+
+def _pool_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _round_width(width: float, multiplier: float, divisor: int = 1) -> int:
+    """PySlowFast's `round_width`: width * multiplier rounded to a multiple of `divisor`."""
+    width = width * multiplier
+    out = max(divisor, int(width + divisor / 2) // divisor * divisor)
+    if out < 0.9 * width:
+        out += divisor
+    return int(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------------
+
+
+class TokenPool(nn.Module):
+    """Pool a token grid, prefix (class) tokens bypassing it: (B, P + T*H*W, C) -> (B, P + T'*H'*W', C).
+
+    mode "conv": depthwise Conv3d without bias whose kernel is shared by the heads, weight
+    (hd, 1, kt, kh, kw) as in the official checkpoints; "max" / "avg": parameter-free pooling.
+    The grid is pooled channels-last (a view of the token tensor, no permuting copy).
+    """
+
+    def __init__(self, head_dim: int, kernel: Sequence[int], stride: Sequence[int], mode: str = "conv"):
+        super().__init__()
+        self.kernel, self.stride = _triple(kernel), _triple(stride)
+        self.padding = tuple(k // 2 for k in self.kernel)
+        self.mode = mode
+        if mode == "conv":
+            self.weight = nn.Parameter(torch.empty(head_dim, 1, *self.kernel))
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv3d's default init
+        elif mode not in ("max", "avg"):
+            raise ValueError(f"pool mode must be 'conv', 'max' or 'avg', got {mode!r}")
+
+    def out_thw(self, thw: Thw) -> Thw:
+        return tuple(_pool_out(n, k, s, p) for n, k, s, p in zip(thw, self.kernel, self.stride, self.padding))
+
+    def forward(self, x: Tensor, thw: Thw, num_prefix: int) -> tuple[Tensor, Thw]:
+        B, N, C = x.shape
+        T, H, W = thw
+        prefix, grid = x[:, :num_prefix], x[:, num_prefix:]
+        # Channels-last: (B, T*H*W, C) -> (B, T, H, W, C) -> (B, C, T, H, W) with C innermost, which
+        # oneDNN pools fast. It must be dense (with B > 1 the prefix leaves gaps between samples):
+        # otherwise the conv falls back to a channels-first copy, slower than the pooling itself.
+        grid = grid.reshape(B, T, H, W, C)
+        if not grid.is_contiguous():
+            grid = grid.contiguous()
+        grid = grid.permute(0, 4, 1, 2, 3)
+        if self.mode == "conv":
+            hd = self.weight.shape[0]
+            # Channel c of head h uses kernel c % hd: one depthwise conv over all heads.
+            weight = self.weight if C == hd else self.weight.repeat(C // hd, 1, 1, 1, 1)  # (C, 1, kt, kh, kw)
+            grid = F.conv3d(grid, weight, None, self.stride, self.padding, 1, C)
+        elif self.mode == "max":
+            grid = F.max_pool3d(grid, self.kernel, self.stride, self.padding)
+        else:
+            grid = F.avg_pool3d(grid, self.kernel, self.stride, self.padding)
+        new_thw = tuple(grid.shape[2:])
+        grid = grid.permute(0, 2, 3, 4, 1).reshape(B, -1, C)  # (B, C, T', H', W') -> (B, T'*H'*W', C)
+        if num_prefix:
+            grid = torch.cat([prefix, grid], dim=1)
+        return grid, new_thw
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, kernel={self.kernel}, stride={self.stride}, padding={self.padding}"
+
+
+class PoolingAttention(nn.Module):
+    """Multi-head pooling attention: (B, P + T*H*W, C) -> (B, P + T'*H'*W', C), T'H'W' = q-pooled grid.
+
+    q, k, v = qkv(x); each is pooled over the grid (`pool_q` sets the output resolution, `pool_k` /
+    `pool_v` shrink the keys) and layer-normalised per head; out = proj(softmax(q k^T / sqrt(hd)) v).
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, kernel_q=(), stride_q=(1, 1, 1),
+                 kernel_kv=(), stride_kv=(1, 1, 1), mode: str = "conv", num_prefix: int = 1,
+                 norm_eps: float = 1e-5):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.num_prefix = num_prefix
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        # As PySlowFast: no pool where the kernel and stride are both 1 (or no kernel is given);
+        # the conv pools come with a LayerNorm, the max/avg pools without.
+        use_q = len(kernel_q) > 0 and not (math.prod(kernel_q) == 1 and math.prod(stride_q) == 1)
+        use_kv = len(kernel_kv) > 0 and not (math.prod(kernel_kv) == 1 and math.prod(stride_kv) == 1)
+        hd, with_norm = self.head_dim, mode == "conv"
+        self.pool_q = TokenPool(hd, kernel_q, stride_q, mode) if use_q else None
+        self.pool_k = TokenPool(hd, kernel_kv, stride_kv, mode) if use_kv else None
+        self.pool_v = TokenPool(hd, kernel_kv, stride_kv, mode) if use_kv else None
+        self.norm_q = nn.LayerNorm(hd, eps=norm_eps) if use_q and with_norm else None
+        self.norm_k = nn.LayerNorm(hd, eps=norm_eps) if use_kv and with_norm else None
+        self.norm_v = nn.LayerNorm(hd, eps=norm_eps) if use_kv and with_norm else None
+
+    def _pool(self, x: Tensor, pool: TokenPool | None, norm: nn.LayerNorm | None, thw: Thw) -> tuple[Tensor, Thw]:
+        """(B, N, C) -> (B, nh, N', hd)."""
+        if pool is not None:
+            x, thw = pool(x, thw, self.num_prefix)  # (B, N', C)
+        B, N, C = x.shape
+        x = x.view(B, N, self.num_heads, self.head_dim)  # (B, N', C) -> (B, N', nh, hd)
+        if norm is not None:
+            x = norm(x)
+        return x.transpose(1, 2), thw  # (B, N', nh, hd) -> (B, nh, N', hd)
+
+    def forward(self, x: Tensor, thw: Thw) -> tuple[Tensor, Thw]:
+        B, N, C = x.shape
+        # q, k, v as three products with slices of the fused weight: each comes out contiguous, so
+        # its grid is a dense channels-last tensor for the pools (slices of one (B, N, 3C) output
+        # would need a copy each). Same multiply-adds as the fused product.
+        w, b = self.qkv.weight.chunk(3), self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
+        q, q_thw = self._pool(F.linear(x, w[0], b[0]), self.pool_q, self.norm_q, thw)  # (B, nh, Nq, hd)
+        k, _ = self._pool(F.linear(x, w[1], b[1]), self.pool_k, self.norm_k, thw)  # (B, nh, Nk, hd)
+        v, _ = self._pool(F.linear(x, w[2], b[2]), self.pool_v, self.norm_v, thw)
+        # q's layout is (B, Nq, nh, hd) under the transpose, and SDPA gives its output the same one,
+        # so merging the heads back is a view.
+        x = F.scaled_dot_product_attention(q, k, v)  # (B, nh, Nq, hd), scale hd^-0.5
+        x = x.transpose(1, 2).reshape(B, q.shape[2], C)  # (B, nh, Nq, hd) -> (B, Nq, C)
+        return self.proj(x), q_thw
+
+
+class MultiScaleBlock(nn.Module):
+    """x + attn(norm1(x)), then + mlp(norm2(x)): (B, P + T*H*W, dim) -> (B, P + T'*H'*W', dim_out).
+
+    Where q is strided the residual is max-pooled (kernel stride + 1, class token bypassing); where
+    dim != dim_out the MLP widens and the residual becomes proj(norm2(x)) (PySlowFast MViT v1).
+    """
+
+    def __init__(self, dim: int, dim_out: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path: float = 0.0, kernel_q=(), stride_q=(1, 1, 1), kernel_kv=(), stride_kv=(1, 1, 1),
+                 mode: str = "conv", num_prefix: int = 1, norm_eps: float = 1e-6, pool_norm_eps: float = 1e-5):
+        super().__init__()
+        self.dim, self.dim_out, self.num_prefix = dim, dim_out, num_prefix
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = PoolingAttention(dim, num_heads, qkv_bias=qkv_bias, kernel_q=kernel_q, stride_q=stride_q,
+                                     kernel_kv=kernel_kv, stride_kv=stride_kv, mode=mode, num_prefix=num_prefix,
+                                     norm_eps=pool_norm_eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim_out)
+        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        stride_q = _triple(stride_q)
+        if math.prod(stride_q) > 1:
+            kernel_skip = tuple(s + 1 if s > 1 else s for s in stride_q)
+            self.pool_skip = TokenPool(1, kernel_skip, stride_q, mode="max")
+        else:
+            self.pool_skip = None
+
+    def forward(self, x: Tensor, thw: Thw) -> tuple[Tensor, Thw]:
+        # Without autograd (inference), the branch outputs are fresh buffers nobody else holds: the
+        # residual is added into them and GELU runs in place, saving three (B, N, C)-sized allocations
+        # per block (at block 0 the MLP's hidden tensor alone is 38 MB). Same arithmetic, same bits.
+        inplace = not (self.training or torch.is_grad_enabled())
+        x_attn, new_thw = self.attn(self.norm1(x), thw)
+        if self.pool_skip is not None:
+            x, _ = self.pool_skip(x, thw, self.num_prefix)
+        x = x_attn.add_(x) if inplace else x + self.drop_path(x_attn)
+        x_norm = self.norm2(x)
+        if inplace:
+            x_mlp = self.mlp.fc2(torch.ops.aten.gelu_(self.mlp.fc1(x_norm)))  # Mlp.forward, dropout off
+        else:
+            x_mlp = self.mlp(x_norm)
+        if self.proj is not None:
+            x = self.proj(x_norm)
+        return (x_mlp.add_(x) if inplace else x + self.drop_path(x_mlp)), new_thw
+
+
+def mvit_block_configs(depth: int, embed_dim: int, num_heads: int, dim_mul, head_mul, pool_q_stride,
+                       pool_kv_stride_adaptive, pool_kv_stride, pool_kernel) -> list[dict]:
+    """Per-block dim, dim_out, heads, q/kv kernels and strides, resolved as PySlowFast MViT v1 does.
+
+    dim_mul / head_mul: [(block, multiplier), ...]: heads and q-stride change AT the block, channels
+    in the block before it (block i's dim_out is rounded with block i+1's multipliers).
+    pool_q_stride: [(block, st, sh, sw), ...]. pool_kv_stride_adaptive: the kv stride of block 0,
+    divided by every q-stride met on the way (it overrides pool_kv_stride, given as pool_q_stride).
+    pool_kernel: kernel of every pool; None gives stride + 1 where the stride is > 1.
+    """
+    d_mul, h_mul = [1.0] * (depth + 1), [1.0] * (depth + 1)
+    for what, table, mul in (("dim_mul", dim_mul, d_mul), ("head_mul", head_mul, h_mul)):
+        for entry in table:
+            i, m = int(entry[0]), float(entry[1])
+            if not 0 <= i <= depth:
+                raise ValueError(f"{what} entry {list(entry)} names block {i}; the model has blocks 0..{depth - 1}")
+            mul[i] = m
+    stride_q: list[tuple] = [()] * depth
+    for entry in pool_q_stride:
+        if len(entry) != 4 or not 0 <= int(entry[0]) < depth:
+            raise ValueError(f"pool_q_stride entry {list(entry)} must be [block, st, sh, sw] with block < {depth}")
+        stride_q[int(entry[0])] = tuple(int(s) for s in entry[1:])
+    stride_kv: list[tuple] = [()] * depth
+    if pool_kv_stride_adaptive is not None:
+        s = _triple(pool_kv_stride_adaptive)
+        for i in range(depth):
+            if stride_q[i]:
+                s = tuple(max(a // b, 1) for a, b in zip(s, stride_q[i]))
+            stride_kv[i] = s
+    else:
+        for entry in pool_kv_stride or ():
+            if len(entry) != 4 or not 0 <= int(entry[0]) < depth:
+                raise ValueError(f"pool_kv_stride entry {list(entry)} must be [block, st, sh, sw] with block < {depth}")
+            stride_kv[int(entry[0])] = tuple(int(v) for v in entry[1:])
+
+    def kernel_for(stride):
+        if not stride:
+            return ()
+        return _triple(pool_kernel) if pool_kernel is not None else tuple(v + 1 if v > 1 else v for v in stride)
+
+    configs, heads, dim = [], num_heads, embed_dim
+    for i in range(depth):
+        heads = _round_width(heads, h_mul[i])
+        dim = _round_width(dim, d_mul[i], divisor=heads)
+        dim_out = _round_width(dim, d_mul[i + 1], divisor=_round_width(heads, h_mul[i + 1]))
+        configs.append(dict(dim=dim, dim_out=dim_out, num_heads=heads,
+                            kernel_q=kernel_for(stride_q[i]), stride_q=stride_q[i] or (1, 1, 1),
+                            kernel_kv=kernel_for(stride_kv[i]), stride_kv=stride_kv[i] or (1, 1, 1)))
+        # `dim` runs on by its own multipliers: block i+1 re-derives dim_in = dim * dim_mul[i+1].
+    return configs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------
+
+
+class PatchEmbed3d(nn.Module):
+    """Conv3d patches: (B, C_in, T, H, W) -> tokens (B, T'*H'*W', C) in (t, h, w) order, grid (T', H', W')."""
+
+    def __init__(self, in_chans: int, embed_dim: int, kernel, stride, padding):
+        super().__init__()
+        self.proj = nn.Conv3d(in_chans, embed_dim, _triple(kernel), _triple(stride), _triple(padding))
+
+    def grid(self, t: int, h: int, w: int) -> Thw:
+        c = self.proj
+        return tuple(_pool_out(n, k, s, p) for n, k, s, p in zip((t, h, w), c.kernel_size, c.stride, c.padding))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Thw]:
+        # Channels-last in, channels-last out: the flattened tokens are then a free view.
+        x = self.proj(x.contiguous(memory_format=torch.channels_last_3d))  # (B, C, T', H', W')
+        thw = tuple(x.shape[2:])
+        return x.flatten(2).transpose(1, 2), thw  # (B, C, T'*H'*W') -> (B, T'*H'*W', C)
+
+
+class MViT(nn.Module):
+    """MViT v1 video classifier with STTS selection points before every block.
+
+    Input (B, C_in, T, H, W); output logits (B, num_classes). `selectors` (filled by `stts.patch`)
+    run before their block: temporal ("T": keep frames) and spatial anchor ("S": keep one window
+    per frame) selection; token-level selection does not apply since pooling needs a grid.
+
+    Args (timm names; PySlowFast MVIT.* key in brackets):
+        img_size: crop size (DATA.TRAIN_CROP_SIZE); num_frames: clip length (DATA.NUM_FRAMES).
+        in_chans, num_classes (MODEL.NUM_CLASSES; 0 gives no head).
+        embed_dim (EMBED_DIM), depth (DEPTH), num_heads (NUM_HEADS), mlp_ratio (MLP_RATIO),
+        qkv_bias (QKV_BIAS), drop_path_rate (DROPPATH_RATE, linear over blocks),
+        head_dropout (MODEL.DROPOUT_RATE).
+        dim_mul, head_mul: [(block, mul)] (DIM_MUL, HEAD_MUL); pool_q_stride: [(block, st, sh, sw)]
+        (POOL_Q_STRIDE); pool_kv_stride_adaptive (POOL_KV_STRIDE_ADAPTIVE) or pool_kv_stride
+        (POOL_KV_STRIDE); pool_kernel (POOL_KVQ_KERNEL); pool_mode (MODE: conv | max | avg).
+        patch_kernel, patch_stride, patch_padding (PATCH_KERNEL/STRIDE/PADDING).
+        sep_pos_embed (SEP_POS_EMBED), class_token (CLS_EMBED_ON; False: mean-pooled features).
+        norm_eps / pool_norm_eps: LayerNorm eps of the blocks and final norm / of the q, k, v pools
+        (1e-6 / 1e-5 in the official checkpoints).
+    """
+
+    selection_kinds = "TS"
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        num_frames: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 400,
+        embed_dim: int = 96,
+        depth: int = 16,
+        num_heads: int = 1,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        head_dropout: float = 0.0,
+        dim_mul: Sequence = ((1, 2.0), (3, 2.0), (14, 2.0)),
+        head_mul: Sequence = ((1, 2.0), (3, 2.0), (14, 2.0)),
+        pool_q_stride: Sequence = ((1, 1, 2, 2), (3, 1, 2, 2), (14, 1, 2, 2)),
+        pool_kv_stride_adaptive: Sequence[int] | None = (1, 8, 8),
+        pool_kv_stride: Sequence | None = None,
+        pool_kernel: Sequence[int] | None = (3, 3, 3),
+        pool_mode: str = "conv",
+        patch_kernel: Sequence[int] = (3, 7, 7),
+        patch_stride: Sequence[int] = (2, 4, 4),
+        patch_padding: Sequence[int] = (1, 3, 3),
+        sep_pos_embed: bool = True,
+        class_token: bool = True,
+        norm_eps: float = 1e-6,
+        pool_norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.num_classes = num_classes
+        self.input_size = (in_chans, num_frames, h, w)  # default input, without batch (count_flops)
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.sep_pos_embed = sep_pos_embed
+
+        self.patch_embed = PatchEmbed3d(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding)
+        self.patch_grid: Thw = self.patch_embed.grid(num_frames, h, w)
+        T, H, W = self.patch_grid
+        if min(self.patch_grid) < 1:
+            raise ValueError(f"a {num_frames}x{h}x{w} clip gives no tokens with patch kernel {patch_kernel}")
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        if sep_pos_embed:
+            self.pos_embed_spatial = nn.Parameter(torch.zeros(1, H * W, embed_dim))
+            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, T, embed_dim))
+            self.pos_embed_class = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + T * H * W, embed_dim))
+
+        self.block_configs = mvit_block_configs(depth, embed_dim, num_heads, dim_mul, head_mul, pool_q_stride,
+                                                pool_kv_stride_adaptive, pool_kv_stride, pool_kernel)
+        # Stochastic depth rises linearly over the blocks (plain floats: the model may be built on meta).
+        dpr = [drop_path_rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path_rate] * depth
+        self.blocks = nn.ModuleList([
+            MultiScaleBlock(**cfg, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i], mode=pool_mode,
+                            num_prefix=self.num_prefix_tokens, norm_eps=norm_eps, pool_norm_eps=pool_norm_eps)
+            for i, cfg in enumerate(self.block_configs)
+        ])
+        self.num_features = self.block_configs[-1]["dim_out"] if depth else embed_dim
+        self.norm = nn.LayerNorm(self.num_features, eps=norm_eps)
+        self.head_drop = nn.Dropout(head_dropout)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.selectors = nn.ModuleDict()  # filled by stts.patch; keys like "T0", "S4"
+        self._init_weights()
+
+    def _init_weights(self):
+        init_weights_trunc_normal(self, std=0.02)
+        for p in (self.cls_token, *self._pos_params()):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
+
+    def _pos_params(self):
+        if self.sep_pos_embed:
+            return [self.pos_embed_spatial, self.pos_embed_temporal, self.pos_embed_class]
+        return [self.pos_embed]
+
+    # -- selection protocol (stts.patch) -----------------------------------------------------------
+
+    def selection_dim(self, index: int) -> int:
+        """Channels of the tokens entering block `index`."""
+        if not isinstance(index, int) or not 0 <= index < len(self.blocks):
+            raise ValueError(f"block index {index} does not exist; {type(self).__name__} has blocks "
+                             f"0..{len(self.blocks) - 1}")
+        return self.block_configs[index]["dim"]
+
+    def grid_before(self, index: int, input_size: tuple | None = None, *, with_selectors: bool = True) -> Thw:
+        """Token grid (T, H, W) entering block `index` (before its own selectors) for an input (C, T, H, W)
+        (default: `input_size`), after the selectors of earlier blocks unless `with_selectors=False`."""
+        _, t, h, w = input_size or self.input_size
+        thw = self.patch_embed.grid(t, h, w)
+        for i in range(index):
+            if with_selectors:
+                thw = self._selected_grid(i, thw)
+            pool = self.blocks[i].attn.pool_q
+            thw = pool.out_thw(thw) if pool is not None else thw
+        return thw
+
+    def _selected_grid(self, index: int, thw: Thw) -> Thw:
+        T, H, W = thw
+        for sel in self.selectors.values():
+            if sel.before != index:
+                continue
+            if sel.kind == "temporal":
+                T = sel.keep if sel.keep is not None else int(T * sel.ratio + 1e-6)
+            elif sel.kind == "anchor":
+                H = W = sel.geometry(H, W)[0]
+        return T, H, W
+
+    def check_selection(self, spec) -> None:
+        """Raise ValueError if `spec` cannot run at the default input size (anchor larger than the map,
+        more frames kept than there are). MViT-B at 224: 56x56 before blocks 0-1, 28x28 before 2-3,
+        14x14 before 4-14, 7x7 before 15; 8 frames (16-frame clips)."""
+        self.selection_dim(spec.before)
+        T, H, W = self.grid_before(spec.before)
+        where = (f"before block {spec.before} of {type(self).__name__} the map is {T}x{H}x{W} (T x H x W) "
+                 f"for the default {self.input_size[1]}x{self.input_size[2]}x{self.input_size[3]} input")
+        if spec.kind == "T":
+            k = spec.keep if spec.keep is not None else int(T * spec.ratio + 1e-6)
+            if not 1 <= k <= T:
+                raise ValueError(f"{spec} keeps {k} frames: {where}")
+        elif spec.kind == "S":
+            # The same rule as AnchorSelector: a = floor(sqrt(int(H*W*ratio))), unless given.
+            a = spec.anchor_size if spec.anchor_size is not None else math.isqrt(int(H * W * spec.ratio + 1e-6))
+            if not 1 <= a <= min(H, W):
+                raise ValueError(f"{spec} asks for a {a}x{a} anchor: {where}")
+
+    # -- forward -----------------------------------------------------------------------------------
+
+    def _pos_embed(self, x: Tensor, thw: Thw) -> Tensor:
+        """Add class token and position embeddings: (B, T*H*W, C) -> (B, P + T*H*W, C)."""
+        B, N, C = x.shape
+        T, H, W = thw
+        if self.sep_pos_embed:
+            spatial, temporal = self.pos_embed_spatial, self.pos_embed_temporal
+            if (T, H, W) != self.patch_grid:
+                spatial, temporal = _resize_sep_pos_embed(spatial, temporal, self.patch_grid, thw)
+            # spatial.repeat(T) + temporal.repeat_interleave(H*W), by broadcasting: (1, T, H*W, C)
+            pos = spatial.view(1, 1, H * W, C) + temporal.view(1, T, 1, C)
+            x = (x.reshape(B, T, H * W, C) + pos).view(B, N, C)  # a view when the stem gave channels-last
+            cls_pos = self.pos_embed_class
+        else:
+            pos = self.pos_embed
+            if (T, H, W) != self.patch_grid:
+                pos = _resize_joint_pos_embed(pos, self.num_prefix_tokens, self.patch_grid, thw)
+            x = x + pos[:, self.num_prefix_tokens:]
+            cls_pos = pos[:, :self.num_prefix_tokens]
+        if self.cls_token is not None:
+            x = torch.cat([(self.cls_token + cls_pos).expand(B, -1, -1), x], dim=1)  # (B, 1 + N, C)
+        return x
+
+    def forward_features(self, x: Tensor, return_selections: bool = False):
+        """(B, C_in, T, H, W) -> normalised tokens (B, P + T'*H'*W', C) [, {name: Selection}]."""
+        if x.dim() != 5:
+            raise ValueError(f"expected a (B, C, T, H, W) clip, got shape {tuple(x.shape)}")
+        x, thw = self.patch_embed(x)
+        x = self._pos_embed(x, thw)
+        record = {} if return_selections else None
+        for i, block in enumerate(self.blocks):
+            if len(self.selectors):
+                x, thw = run_selectors(self.selectors, i, x, thw, record)
+            x, thw = block(x, thw)
+        x = self.norm(x)
+        return (x, record) if return_selections else x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Tokens (B, N, C) -> logits (B, num_classes), or the pooled feature (B, C) if pre_logits."""
+        x = x[:, 0] if self.cls_token is not None else x.mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor, return_selections: bool = False):
+        """(B, C_in, T, H, W) -> logits (B, num_classes) [, {selector name: Selection}]."""
+        if return_selections:
+            x, record = self.forward_features(x, return_selections=True)
+            return self.forward_head(x), record
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        names = {"cls_token", "pos_embed", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class"}
+        return {n for n, _ in self.named_parameters() if n in names}
+
+
+def _resize_sep_pos_embed(spatial: Tensor, temporal: Tensor, src: Thw, dst: Thw) -> tuple[Tensor, Tensor]:
+    """Resample separate embeddings to another grid: spatial (1, H0*W0, C) bicubic, temporal (1, T0, C) linear."""
+    (T0, H0, W0), (T, H, W) = src, dst
+    C = spatial.shape[-1]
+    if (H, W) != (H0, W0):
+        grid = spatial.reshape(1, H0, W0, C).permute(0, 3, 1, 2)  # (1, H0*W0, C) -> (1, C, H0, W0)
+        grid = F.interpolate(grid, size=(H, W), mode="bicubic", align_corners=False)
+        spatial = grid.permute(0, 2, 3, 1).reshape(1, H * W, C)  # (1, C, H, W) -> (1, H*W, C)
+    if T != T0:
+        line = F.interpolate(temporal.transpose(1, 2), size=T, mode="linear", align_corners=False)  # (1, C, T)
+        temporal = line.transpose(1, 2)  # (1, C, T) -> (1, T, C)
+    return spatial, temporal
+
+
+def _resize_joint_pos_embed(pos: Tensor, num_prefix: int, src: Thw, dst: Thw) -> Tensor:
+    """Resample a joint embedding (1, P + T0*H0*W0, C) to (1, P + T*H*W, C), trilinear."""
+    C = pos.shape[-1]
+    grid = pos[:, num_prefix:].reshape(1, *src, C).permute(0, 4, 1, 2, 3)  # (1, C, T0, H0, W0)
+    grid = F.interpolate(grid, size=dst, mode="trilinear", align_corners=False)
+    grid = grid.permute(0, 2, 3, 4, 1).reshape(1, math.prod(dst), C)  # (1, C, T, H, W) -> (1, T*H*W, C)
+    return torch.cat([pos[:, :num_prefix], grid], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Official checkpoints (PySlowFast / STTS .pyth)
+# ---------------------------------------------------------------------------------------------------
+
+_SCORER_PARTS = {"in_conv": "embed", "out_conv": "head"}
+
+
+def checkpoint_filter_fn(state_dict: dict, model: MViT) -> dict:
+    """Official PySlowFast/STTS keys -> ours; stts state dicts pass through.
+
+    head.projection.* -> head.*; time_score_predictor.{i}.score_network.{in_conv,out_conv}.* ->
+    selectors.T{loc}.scorer.{embed,head}.* where loc is the i-th temporal selector of `model`
+    (official TIME_PRUNING_LOC order); space_score_predictor likewise -> selectors.S{loc}. Scorer keys
+    with no matching selector keep their official name, so a strict load reports them. Position
+    embeddings of another grid are resampled to the model's.
+    """
+    by_kind = {
+        "time_score_predictor": sorted((s.before, n) for n, s in model.selectors.items() if s.kind == "temporal"),
+        "space_score_predictor": sorted((s.before, n) for n, s in model.selectors.items() if s.kind == "anchor"),
+    }
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        if key.startswith("head.projection."):
+            new = "head." + key[len("head.projection."):]
+        else:
+            parts = key.split(".")
+            if parts[0] in by_kind and len(parts) > 4 and parts[2] == "score_network" and parts[3] in _SCORER_PARTS:
+                i = int(parts[1])
+                if i < len(by_kind[parts[0]]):
+                    name = by_kind[parts[0]][i][1]
+                    new = ".".join(["selectors", name, "scorer", _SCORER_PARTS[parts[3]], *parts[4:]])
+        out[new] = value
+    return _resize_checkpoint_pos_embed(out, model)
+
+
+def _resize_checkpoint_pos_embed(sd: dict, model: MViT) -> dict:
+    own = dict(model.named_parameters())
+    if model.sep_pos_embed and "pos_embed_spatial" in sd and "pos_embed_temporal" in sd:
+        s, t = sd["pos_embed_spatial"], sd["pos_embed_temporal"]
+        if s.shape != own["pos_embed_spatial"].shape or t.shape != own["pos_embed_temporal"].shape:
+            side = math.isqrt(s.shape[1])
+            if side * side != s.shape[1]:
+                raise ValueError(f"cannot resample pos_embed_spatial of shape {tuple(s.shape)}: not a square grid")
+            src = (t.shape[1], side, side)
+            sd["pos_embed_spatial"], sd["pos_embed_temporal"] = _resize_sep_pos_embed(s, t, src, model.patch_grid)
+    return sd
+
+
+def _cfg_get(cfg: dict, path: str, default=None):
+    node = cfg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _official_cfg(ckpt: dict) -> dict | None:
+    """The PySlowFast config stored in a checkpoint (YAML text under "cfg"), as a dict; None if absent."""
+    cfg = ckpt.get("cfg")
+    if cfg is None:
+        return None
+    if isinstance(cfg, str):
+        import yaml
+
+        try:
+            cfg = yaml.safe_load(cfg)
+        except yaml.YAMLError:
+            # yacs may dump python tuples with tags safe_load refuses; the plain loader reads them.
+            cfg = yaml.load(cfg, Loader=yaml.FullLoader)  # noqa: S506 - trusted checkpoint, as torch.load
+    return cfg if isinstance(cfg, dict) else dict(cfg) if hasattr(cfg, "items") else None
+
+
+def model_kwargs_from_official(cfg: dict) -> dict:
+    """MViT keyword arguments from a PySlowFast config dict (MVIT.*, DATA.*, MODEL.*)."""
+    mv = cfg.get("MVIT", {})
+    unsupported = [k for k in ("REL_POS_SPATIAL", "REL_POS_TEMPORAL", "RESIDUAL_POOLING", "DIM_MUL_IN_ATT")
+                   if mv.get(k)]
+    if unsupported:
+        raise ValueError(f"this checkpoint is an MViT v2 (MVIT.{', MVIT.'.join(unsupported)} set); "
+                         "stts implements MViT v1")
+    if mv.get("POOL_FIRST"):
+        raise ValueError("MVIT.POOL_FIRST=True (pool before the q/k/v projections) is not supported")
+    if mv.get("NORM_STEM"):
+        raise ValueError("MVIT.NORM_STEM=True is not supported")
+    if mv.get("PATCH_2D"):
+        raise ValueError("MVIT.PATCH_2D=True is not supported")
+    kwargs = dict(
+        num_frames=int(_cfg_get(cfg, "DATA.NUM_FRAMES", 16)),
+        img_size=int(_cfg_get(cfg, "DATA.TRAIN_CROP_SIZE", 224)),
+        in_chans=int((_cfg_get(cfg, "DATA.INPUT_CHANNEL_NUM", [3]) or [3])[0]),
+        num_classes=int(_cfg_get(cfg, "MODEL.NUM_CLASSES", 400)),
+        head_dropout=float(_cfg_get(cfg, "MODEL.DROPOUT_RATE", 0.5)),
+        embed_dim=int(mv.get("EMBED_DIM", 96)),
+        depth=int(mv.get("DEPTH", 16)),
+        num_heads=int(mv.get("NUM_HEADS", 1)),
+        mlp_ratio=float(mv.get("MLP_RATIO", 4.0)),
+        qkv_bias=bool(mv.get("QKV_BIAS", True)),
+        drop_path_rate=float(mv.get("DROPPATH_RATE", 0.1)),
+        dim_mul=[list(e) for e in mv.get("DIM_MUL", [])],
+        head_mul=[list(e) for e in mv.get("HEAD_MUL", [])],
+        pool_q_stride=[list(e) for e in mv.get("POOL_Q_STRIDE", [])],
+        pool_kv_stride_adaptive=(list(mv["POOL_KV_STRIDE_ADAPTIVE"])
+                                 if mv.get("POOL_KV_STRIDE_ADAPTIVE") is not None else None),
+        pool_kv_stride=[list(e) for e in mv.get("POOL_KV_STRIDE", [])] or None,
+        pool_kernel=list(mv["POOL_KVQ_KERNEL"]) if mv.get("POOL_KVQ_KERNEL") is not None else None,
+        pool_mode=str(mv.get("MODE", "conv")),
+        patch_kernel=list(mv.get("PATCH_KERNEL", [3, 7, 7])),
+        patch_stride=list(mv.get("PATCH_STRIDE", [2, 4, 4])),
+        patch_padding=list(mv.get("PATCH_PADDING", [2, 4, 4])),
+        sep_pos_embed=bool(mv.get("SEP_POS_EMBED", False)),
+        class_token=bool(mv.get("CLS_EMBED_ON", True)),
+    )
+    return kwargs
+
+
+def plan_from_official(cfg: dict):
+    """The STTS selection plan of a PySlowFast config (MVIT.TIME/SPACE_PRUNING_LOC, TIME/SPACE_LEFT_RATIO,
+    SIGMA), or None for a dense model. The authors' estimator is the diagonal one, so it is kept."""
+    from stts.plan import parse_plan
+
+    mv = cfg.get("MVIT", {})
+    parts = []
+    for kind, loc_key, ratio_key in (("T", "TIME_PRUNING_LOC", "TIME_LEFT_RATIO"),
+                                     ("S", "SPACE_PRUNING_LOC", "SPACE_LEFT_RATIO")):
+        locs = mv.get(loc_key)
+        if not locs:
+            continue
+        ratios = list(mv.get(ratio_key) or [])
+        if len(ratios) < len(locs):
+            raise ValueError(f"MVIT.{loc_key}={locs} needs as many MVIT.{ratio_key} values, got {ratios}")
+        parts += [f"{kind}{int(loc)}_{float(r)!r}" for loc, r in zip(locs, ratios)]
+    if not parts:
+        return None
+    return parse_plan("-".join(parts), sigma=float(mv.get("SIGMA", 0.1)), jacobian="diagonal")
+
+
+def _is_mvit_checkpoint(ckpt: dict, cfg: dict | None) -> bool:
+    if cfg is not None:
+        model = cfg.get("MODEL", {}) or {}
+        return str(model.get("ARCH", "")).lower() == "mvit" or str(model.get("MODEL_NAME", "")) == "MViT"
+    return False
+
+
+def model_from_official(ckpt: dict, **overrides) -> MViT | None:
+    """Build the MViT a PySlowFast/STTS checkpoint describes (its YAML `cfg`); None if it is not one.
+
+    `overrides` replace keyword arguments (e.g. num_classes=174, with strict=False loading).
+    """
+    from stts.models._registry import create_model
+
+    cfg = _official_cfg(ckpt)
+    if not _is_mvit_checkpoint(ckpt, cfg):
+        return None
+    kwargs = {**model_kwargs_from_official(cfg), **overrides}
+    plan = plan_from_official(cfg)
+    name = "mvit_b_32x3" if kwargs["num_frames"] == 32 else "mvit_b_16x4"
+    return create_model(name, selection=plan, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Builders and registered variants
+# ---------------------------------------------------------------------------------------------------
+
+# PySlowFast's MVIT_B_16x4_CONV architecture; drop path 0.2 and head dropout 0.5 of the STTS recipe.
+_MVIT_B = dict(embed_dim=96, depth=16, num_heads=1, dim_mul=((1, 2.0), (3, 2.0), (14, 2.0)),
+               head_mul=((1, 2.0), (3, 2.0), (14, 2.0)), pool_q_stride=((1, 1, 2, 2), (3, 1, 2, 2), (14, 1, 2, 2)),
+               pool_kv_stride_adaptive=(1, 8, 8), pool_kernel=(3, 3, 3), patch_kernel=(3, 7, 7),
+               patch_stride=(2, 4, 4), patch_padding=(1, 3, 3), sep_pos_embed=True, drop_path_rate=0.2,
+               head_dropout=0.5)
+
+# The published STTS models were trained with sigma 0.1 (MViT) and the authors' diagonal estimator;
+# the registered variants keep both so that fine-tuning them reproduces the paper. stts's default for
+# new plans is the full (unbiased) estimator: pass selection=... to a dense name, or set
+# `sel.jacobian = "full"` on model.selectors.
+STTS_MVIT_SETTINGS = dict(num_samples=500, sigma=0.1, jacobian="diagonal")
+
+
+def _create_mvit(defaults: dict, kwargs: dict) -> MViT:
+    return MViT(**{**defaults, **kwargs})
+
+
+def _zoo_meta(name: str) -> dict:
+    z = ZOO[name]
+    return dict(top1=z.top1, readme_gflops=z.readme_gflops, official_gflops=z.official_gflops,
+                official_gflops_hooks=z.official_gflops_hooks, frames_kept=z.frames_kept, anchor=z.anchor,
+                official_config=z.official_config, dataset="kinetics400")
+
+
+@register_model(meta=_zoo_meta("mvit_b_16x4"))
+def mvit_b_16x4(**kwargs) -> MViT:
+    """MViT-B 16x4 (16 frames, 224^2; 8x56x56 tokens), dense."""
+    return _create_mvit(dict(_MVIT_B, num_frames=16), kwargs)
+
+
+@register_model(meta=dict(dataset="kinetics400", top1=80.2, paper_gflops=170.0))  # MViT paper, Table 2
+def mvit_b_32x3(**kwargs) -> MViT:
+    """MViT-B 32x3 (32 frames, 224^2; 16x56x56 tokens), dense; 170.4 GFLOPs by our count."""
+    return _create_mvit(dict(_MVIT_B, num_frames=32), kwargs)
+
+
+def _stts(name: str):
+    return dict(plan=ZOO[name].plan, plan_settings=STTS_MVIT_SETTINGS, meta=_zoo_meta(name))
+
+
+@register_model("mvit_b_16x4_stts_t0.9_s0.9", **_stts("mvit_b_16x4_stts_t0.9_s0.9"))
+def _mvit_b_16x4_stts_t09_s09(**kwargs) -> MViT:
+    """MViT-B 16x4, 7 of 8 frames before block 0, 13x13 of 14x14 before block 4."""
+    return mvit_b_16x4(**kwargs)
+
+
+@register_model("mvit_b_16x4_stts_t0.8_s0.9", **_stts("mvit_b_16x4_stts_t0.8_s0.9"))
+def _mvit_b_16x4_stts_t08_s09(**kwargs) -> MViT:
+    """MViT-B 16x4, 6 of 8 frames, 13x13 anchor."""
+    return mvit_b_16x4(**kwargs)
+
+
+@register_model("mvit_b_16x4_stts_t0.6_s0.9", **_stts("mvit_b_16x4_stts_t0.6_s0.9"))
+def _mvit_b_16x4_stts_t06_s09(**kwargs) -> MViT:
+    """MViT-B 16x4, 5 of 8 frames, 13x13 anchor."""
+    return mvit_b_16x4(**kwargs)
+
+
+@register_model("mvit_b_16x4_stts_t0.5_s0.7", **_stts("mvit_b_16x4_stts_t0.5_s0.7"))
+def _mvit_b_16x4_stts_t05_s07(**kwargs) -> MViT:
+    """MViT-B 16x4, 4 of 8 frames, 12x12 anchor."""
+    return mvit_b_16x4(**kwargs)
+
+
+@register_model("mvit_b_16x4_stts_t0.4_s0.6", **_stts("mvit_b_16x4_stts_t0.4_s0.6"))
+def _mvit_b_16x4_stts_t04_s06(**kwargs) -> MViT:
+    """MViT-B 16x4, 3 of 8 frames, 11x11 anchor."""
+    return mvit_b_16x4(**kwargs)
