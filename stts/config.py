@@ -41,6 +41,8 @@ class ModelConfig:
     sigma: Optional[float] = 0.1  # perturbed top-K noise at step 0 (published MViT: 0.1); null = model's
     num_samples: int = 500
     jacobian: str = ""  # "" = model's default; "full" | "diagonal"
+    # learned (the STTS scorers) | uniform | random: the non-learned baselines at the same budget
+    policy: str = "learned"
     finetune: str = ""  # dense / official / stts checkpoint to start from (non-strict: scorers start fresh)
     kwargs: Dict[str, Any] = field(default_factory=dict)  # other builder kwargs (depth, embed_dim, ...)
 
@@ -233,6 +235,9 @@ def validate(cfg: RunConfig, sources: dict | None = None, *, check_paths: bool =
     check("model.sigma", m.sigma is None or m.sigma >= 0, "must be >= 0 (or null)")
     check("model.num_samples", m.num_samples >= 1, "must be >= 1")
     check("model.jacobian", m.jacobian in ("", "full", "diagonal"), "expected '', 'full' or 'diagonal'")
+    check("model.policy", m.policy in ("learned", "uniform", "random"), "expected learned, uniform or random")
+    check("model.policy", m.policy == "learned" or bool(m.selection),
+          "a baseline policy replaces the scorers of model.selection: give the plan whose budget it matches")
     check("model.finetune", not (check_paths and m.finetune) or Path(m.finetune).is_file(), "no such file")
     # --- optim ---
     check("optim.lr", o.lr > 0, "must be > 0")

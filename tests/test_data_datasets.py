@@ -194,6 +194,32 @@ def test_all_bad_training_data_raises(tmp_path):
         build_dataset(cfg, "train")[0]
 
 
+def test_cache_decoded_gives_the_same_items_and_decodes_each_video_once(kinetics, monkeypatch):
+    import stts.data.datasets as datasets
+
+    root, csv, entries = kinetics
+    base = dict(root=root, train_annotations=csv, val_annotations=csv, num_frames=4, sampling_rate=2,
+                crop_size=32, test_short_side=32, **PLAIN)
+    calls = []
+    real = datasets.decode_all
+    monkeypatch.setattr(datasets, "decode_all", lambda path, **kw: calls.append(path) or real(path, **kw))
+    for split in ("train", "val"):
+        plain = build_dataset(DataConfig(**base), split, seed=3)
+        cached = build_dataset(DataConfig(**base, cache_decoded=True), split, seed=3)
+        for epoch in range(2):
+            plain.set_epoch(epoch)
+            cached.set_epoch(epoch)
+            for i in range(len(plain)):
+                a, b = plain[i], cached[i]
+                assert a["bad"] == b["bad"] and ("video" in a) == ("video" in b)
+                if "video" in a:
+                    assert torch.equal(a["video"], b["video"]) and a["index"] == b["index"]
+    good = [rel for rel, _, kind in entries if kind == "good"]
+    # One decode per good video and split (bad ones fail each time they are drawn: not cached).
+    assert sorted(c for c in calls if any(c.endswith(g) for g in good)) == sorted(
+        f"{root}/{g}" for g in good for _ in range(2))
+
+
 # --- config ----------------------------------------------------------------------------------------
 
 

@@ -79,6 +79,10 @@ class DataConfig:
     max_skip_fraction: float = 0.1  # fail when more than this fraction of the samples seen are bad
     skip_check_after: int = 100  # ... judged once this many samples were seen (and at each epoch's end)
     max_retries: int = 10  # training: bad draws replaced before one item gives up
+    # Keep every decoded video in memory (per process) after its first decode: for small datasets such
+    # as the demo's, where decoding every epoch would cost as much as training. Workers are re-forked
+    # each pass, so the cache lasts across epochs only with num_workers=0.
+    cache_decoded: bool = False
 
     def __post_init__(self):
         if self.format not in FORMATS:

@@ -43,7 +43,7 @@ from stts.data.annotations import (
     read_ssv2,
 )
 from stts.data.config import DataConfig
-from stts.data.decode import DecodeError, VideoInfo, decode_frames
+from stts.data.decode import DecodeError, VideoInfo, decode_all, decode_frames
 from stts.data.sampling import sample_indices
 from stts.data.transforms import EvalTransform, TrainTransform
 
@@ -85,6 +85,7 @@ class VideoDataset(Dataset):
         num_spatial_crops: int = 1,
         max_retries: int = 10,
         seed: int = 0,
+        cache_decoded: bool = False,
     ):
         self.samples = list(samples)
         self.classes = list(classes)
@@ -98,6 +99,7 @@ class VideoDataset(Dataset):
         self.seed, self.epoch = seed, 0
         self._known_bad: dict[int, str] = {}  # per process: video index -> reason
         self._cache: tuple | None = None  # (video, temporal view) -> frames: the crops of one clip
+        self._decoded: dict[int, tuple] | None = {} if cache_decoded else None  # video -> (all frames, info)
 
     # --- sizes -------------------------------------------------------------------------------------
 
@@ -140,7 +142,14 @@ class VideoDataset(Dataset):
             )
 
         try:
-            frames, _ = decode_frames(path, indices)
+            if self._decoded is None:
+                frames, _ = decode_frames(path, indices)
+            else:
+                if video not in self._decoded:
+                    self._decoded[video] = decode_all(path)
+                every, info = self._decoded[video]  # (N, H, W, 3)
+                # Past the last decodable frame, repeat it (as decode_frames does for short videos).
+                frames = every[torch.as_tensor(list(indices(info)), dtype=torch.long).clamp_(0, len(every) - 1)]
         except DecodeError as e:
             self._known_bad[video] = e.reason
             logger.warning("bad video %s: %s", e.path, e.reason)
@@ -303,5 +312,6 @@ def build_dataset(cfg: DataConfig, split: str, *, seed: int = 0) -> VideoDataset
         num_temporal_views=cfg.num_temporal_views if split == "test" else 1,
         num_spatial_crops=cfg.num_spatial_crops if split == "test" else 1,
         max_retries=cfg.max_retries,
+        cache_decoded=cfg.cache_decoded,
         seed=seed,
     )

@@ -64,8 +64,12 @@ def build_model(cfg, num_classes: int) -> nn.Module:
     optional = {"drop_path_rate": m.drop_path_rate, "head_dropout": m.head_dropout}  # None: the variant's own
     kwargs = {"num_classes": m.num_classes or num_classes, **{k: v for k, v in optional.items() if v is not None},
               **_input_kwargs(cfg), **m.kwargs}
+    from stts.plan import parse_plan
+
     try:
-        model = create_model(m.name, selection=m.selection or None, **kwargs)
+        # The policy decides whether selectors get scorers at all, so it goes in with the plan.
+        selection = parse_plan(m.selection, policy=m.policy) if m.selection else None
+        model = create_model(m.name, selection=selection, **kwargs)
     except (TypeError, ValueError) as e:  # a kwarg the builder does not take, a plan that does not fit
         from stts.config import ConfigError
 

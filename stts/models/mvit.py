@@ -746,6 +746,20 @@ def mvit_b_32x3(**kwargs) -> MViT:
     return _create_mvit(dict(_MVIT_B, num_frames=32), kwargs)
 
 
+@register_model(meta=dict(note="demo/test size, no published weights"))
+def mvit_tiny(**kwargs) -> MViT:
+    """A 0.4M-parameter MViT for 16x32x32 clips (8x8x8 tokens): the demo's backbone.
+
+    Two stages of q-pooling (blocks 1 and 3), kv pooled 2x in space. The stem's temporal kernel is 2
+    (stride 2, no padding): each temporal token sees exactly two frames, as in VideoMAE or Swin, so a
+    two-frame event lives in one token instead of leaking into its neighbour through a kernel of 3.
+    """
+    return _create_mvit(dict(img_size=32, num_frames=16, embed_dim=32, depth=4, num_heads=1,
+                             dim_mul=((1, 2.0), (3, 2.0)), head_mul=((1, 2.0), (3, 2.0)),
+                             pool_q_stride=((1, 1, 2, 2), (3, 1, 2, 2)), pool_kv_stride_adaptive=(1, 2, 2),
+                             patch_kernel=(2, 7, 7), patch_stride=(2, 4, 4), patch_padding=(0, 3, 3)), kwargs)
+
+
 def _stts(name: str):
     return dict(plan=ZOO[name].plan, plan_settings=STTS_MVIT_SETTINGS, meta=_zoo_meta(name))
 

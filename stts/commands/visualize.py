@@ -1,0 +1,166 @@
+"""Draw which frames and regions a trained model keeps for some videos (PNG + animated GIF each).
+
+    stts visualize --checkpoint runs/t05/best.pt clip1.mp4 clip2.webm --out vis/
+    stts visualize --checkpoint mvit_stts.safetensors clip.mp4 --frames 16 --size 224 --no-gif
+
+Each video is decoded and transformed as the model was evaluated: the checkpoint's run config (training
+checkpoints carry it: num_frames, sampling, short side / crop, mean/std) or, without one, the model's
+own input size with Kinetics defaults; --frames, --size, --sampling-rate override. One centred clip,
+centre crop. Prints the predicted class (named when the checkpoint, its config or --classes give names)
+and the files written. A video that cannot be read is reported and skipped; the exit status is 1 when
+no video worked. A model without selectors still gets pictures, every frame kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (anything PyAV decodes)")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="stts checkpoint (.pt from training or save_model, or exported .safetensors)")
+    parser.add_argument("--out", default="vis", metavar="DIR", help="output folder (default: vis)")
+    parser.add_argument("--gif", action=argparse.BooleanOptionalAction, default=True,
+                        help="also write an animated GIF per video (default: on)")
+    parser.add_argument("--frames", type=int, default=None, metavar="N", help="frames per clip (default: config)")
+    parser.add_argument("--size", type=int, default=None, metavar="S", help="crop size in px (default: config)")
+    parser.add_argument("--sampling-rate", type=int, default=None, metavar="R",
+                        help="frames between taken frames at the target fps (default: config)")
+    parser.add_argument("--classes", default=None, metavar="FILE", help="class names, one per line")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+
+
+def _data_config(ckpt: dict, model, args):
+    """DataConfig from the checkpoint's run config, else from the model's input size; flags on top."""
+    from dataclasses import fields
+
+    from stts.data.config import DataConfig
+
+    data = ((ckpt.get("config") or {}).get("data") or {})
+    known = {f.name for f in fields(DataConfig)}
+    if data:
+        cfg = DataConfig(**{k: v for k, v in data.items() if k in known})
+        source = "checkpoint config"
+    else:
+        _, t, h, w = getattr(model, "input_size", (3, 16, 224, 224))
+        cfg = DataConfig(num_frames=t, crop_size=min(h, w), test_short_side=min(h, w))
+        source = "model input size"
+    if args.frames is not None:
+        cfg.num_frames = args.frames
+    if args.sampling_rate is not None:
+        cfg.sampling_rate = args.sampling_rate
+    if args.size is not None:
+        # Keep the config's short-side / crop ratio (e.g. 256 / 224) at the new size.
+        cfg.test_short_side = max(args.size, round(args.size * cfg.test_short_side / cfg.crop_size))
+        cfg.crop_size = args.size
+    cfg.__post_init__()  # re-validate the overridden values
+    return cfg, source
+
+
+def _class_names(ckpt: dict, cfg, args, num_classes: int) -> list[str] | None:
+    """Names from --classes, the checkpoint, or the dataset files its config names (if still readable)."""
+    from stts.data.annotations import read_classes
+
+    if args.classes:
+        return read_classes(args.classes)
+    for key in ("classes", "class_names"):
+        if isinstance(ckpt.get(key), (list, tuple)):
+            return [str(c) for c in ckpt[key]]
+    if not (ckpt.get("config") or {}).get("data"):
+        return None
+    try:  # the run's annotation files may be elsewhere now: names are a nicety, never an error
+        if cfg.classes_file:
+            names = read_classes(cfg.classes_file)
+        elif cfg.train_annotations:
+            from stts.data.datasets import load_annotations
+
+            names = load_annotations(cfg, cfg.train_annotations, classes_from=cfg.train_annotations).classes
+        else:
+            return None
+    except Exception:  # noqa: BLE001
+        return None
+    return names if len(names) == num_classes else None
+
+
+def run(args) -> int:
+    import inspect
+
+    import torch
+
+    from stts.checkpoint import CheckpointError, load_model, read_checkpoint
+    from stts.data.decode import DecodeError, decode_frames
+    from stts.data.sampling import sample_indices
+    from stts.data.transforms import EvalTransform
+    from stts.vis import kept_regions, plot_selection, save_selection_animation
+
+    try:
+        ckpt = read_checkpoint(args.checkpoint)
+        model = load_model(args.checkpoint)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    model.to(device).eval()
+    try:
+        cfg, source = _data_config(ckpt, model, args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    num_classes = getattr(model, "num_classes", 0)
+    names = _class_names(ckpt, cfg, args, num_classes)
+    selective = "return_selections" in inspect.signature(model.forward).parameters
+    if not (selective and len(getattr(model, "selectors", ()))):
+        print("note: the model has no selectors; every frame is drawn as kept")
+    fmt = cfg.format if cfg.format != "auto" else ""
+    sampling = cfg.sampling if cfg.sampling != "auto" else ("segment" if fmt == "ssv2" else "clip")
+    print(f"clips: {cfg.num_frames} frames ({sampling}, rate {cfg.sampling_rate}), short side "
+          f"{cfg.test_short_side}, crop {cfg.crop_size} ({source})")
+    # Two transforms, one geometry: normalised input for the model, [0, 1] pixels for the picture.
+    to_model = EvalTransform(cfg.crop_size, cfg.test_short_side, mean=cfg.mean, std=cfg.std)
+    to_pixels = EvalTransform(cfg.crop_size, cfg.test_short_side, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    out = Path(args.out)
+    done, used = 0, set()
+    for video in args.videos:
+        try:
+            frames, _ = decode_frames(video, lambda info: sample_indices(
+                sampling, info.num_frames, cfg.num_frames, cfg.sampling_rate, fps=info.fps,
+                target_fps=cfg.target_fps or None))
+        except (DecodeError, ValueError, OSError) as e:
+            print(f"skipped {video}: {getattr(e, 'reason', e)}", file=sys.stderr)
+            continue
+        x = to_model(frames)[0][None].to(device)  # (1, C, T, S, S)
+        pixels = (to_pixels(frames)[0].permute(1, 2, 3, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        try:
+            with torch.no_grad():
+                if selective:
+                    logits, selections = model(x, return_selections=True)
+                else:
+                    logits, selections = model(x), {}
+        except ValueError as e:  # clip settings the model cannot take (e.g. too few frames to select from)
+            print(f"error: {video}: the model rejects a {tuple(x.shape[1:])} clip: {e}", file=sys.stderr)
+            return 2
+        prob = logits.float().softmax(-1)[0]
+        p, c = prob.max(0)
+        c = int(c)
+        pred = names[c] if names and c < len(names) else f"class {c}"
+        regions = kept_regions(selections, 0, pixels.shape[0], pixels.shape[1:3])
+        kept = sum(r.kept for r in regions)
+        label = f"{Path(video).name}  |  pred: {pred} ({float(p):.2f})  |  {kept}/{len(regions)} frames kept"
+        name = Path(video).stem
+        stem = out / (name if name not in used else f"{name}-{len(used)}")  # a/clip.mp4, b/clip.mp4
+        used.add(name)
+        png = stem.with_suffix(".png")
+        plot_selection([(pixels, regions, label)], png)
+        written = [str(png)]
+        if args.gif:
+            written.append(str(save_selection_animation(pixels, regions, stem.with_suffix(".gif"), label=pred)))
+        print(f"{video}: predicted {pred} (p={float(p):.2f}), {kept}/{len(regions)} frames kept -> "
+              f"{', '.join(written)}")
+        done += 1
+    if done == 0:
+        print("error: no video could be visualised", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,285 @@
+"""`stts demo`: STTS end to end on real video files, in minutes on a CPU.
+
+    stts demo                                   # ~5 minutes on 2 CPU cores; report in stts-demo/
+    stts demo --seed 1 --out stts-demo-seed1    # another seed
+    stts demo --clips-per-class 300 --dense-epochs 40 --plan T0_0.375-S1_0.6   # scale it
+
+What it does, in the published order (PAPER.md: STTS is a fine-tuning method):
+1. writes a synthetic action dataset as mp4 files + Kinetics-style CSVs (`stts data synth`): the label
+   is a coloured square shown in 2 of 16 frames (one temporal token of 8) in a quarter of the frame;
+2. trains a dense `mvit_tiny` on it;
+3. fine-tunes STTS from the dense weights at about a quarter of the tokens (T0_0.5-S1_0.6: 4 of 8
+   temporal tokens, then a 6x6 of 8x8 anchor per frame: 28%), scorers alone first, then jointly;
+4. fine-tunes the non-learned baselines at the same budget, with the same plan and epochs: uniform
+   (evenly spaced frames, centre anchor) and random (random frames and anchor);
+5. evaluates all on the validation clips (top-1, how often the selectors kept the event), counts
+   GFLOPs per view, times CPU latency, and writes the report: results.md / results.json,
+   accuracy_vs_gflops.png, selection.png (what STTS keeps; selection_uniform.png for contrast).
+Every stage is an ordinary `stts train` run (`<out>/runs/<stage>/config.yaml` replays it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+__all__ = ["DemoSettings", "run_demo", "demo_run_config"]
+
+
+@dataclass
+class DemoSettings:
+    out_dir: str = "stts-demo"
+    seed: int = 0
+    # data (stts.data.synth)
+    num_classes: int = 6
+    clips_per_class: int = 100
+    val_clips_per_class: int = 30
+    size: int = 32
+    event_size: int = 16
+    # training
+    model: str = "mvit_tiny"
+    plan: str = "T0_0.5-S1_0.6"
+    dense_epochs: int = 25
+    finetune_epochs: int = 6
+    scorer_warmup_epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 8
+    sigma: float = 0.1
+    baselines: tuple[str, ...] = ("uniform", "random")
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    # report
+    latency_repeats: int = 30
+    picture_clips: int = 4
+    progress: bool = True
+    stages: dict = field(default_factory=dict, repr=False)  # filled by run_demo: stage -> output dir
+
+
+def _data_settings(data: dict, s: DemoSettings) -> dict:
+    """The synthetic dataset's suggested DataConfig, plus what makes a CPU demo fast."""
+    return {**data["data_config"], "cache_decoded": True, "num_workers": 0}
+
+
+def demo_run_config(stage: str, s: DemoSettings, data: dict, dense_checkpoint: str | None = None):
+    """The RunConfig of one demo stage: "dense", "stts", or a baseline policy ("uniform", "random")."""
+    from stts.config import load_config
+
+    out = Path(s.out_dir) / "runs" / stage
+    common = {
+        "model.name": s.model, "train.output_dir": str(out), "train.seed": s.seed,
+        "train.batch_size": s.batch_size, "train.threads": s.threads, "train.progress": s.progress,
+        "train.log_every": 25, "optim.lr": s.lr, "optim.clip_grad": 1.0, "optim.weight_decay": 0.05,
+    }
+    if stage == "dense":
+        stage_keys = {"train.epochs": s.dense_epochs, "train.eval_every": 5, "optim.warmup_epochs": 1,
+                      "optim.scorer_warmup_epochs": 0}
+    else:
+        if dense_checkpoint is None:
+            raise ValueError(f"the {stage} stage fine-tunes the dense model: give dense_checkpoint")
+        stage_keys = {
+            "model.selection": s.plan, "model.policy": "learned" if stage == "stts" else stage,
+            "model.finetune": dense_checkpoint, "model.sigma": s.sigma, "train.epochs": s.finetune_epochs,
+            "train.eval_every": 1, "optim.warmup_epochs": 0,
+            # The published order: scorers alone first (backbone frozen), then the backbone at 0.1x lr.
+            "optim.scorer_warmup_epochs": s.scorer_warmup_epochs, "optim.backbone_lr_mult": 0.1,
+        }
+    overrides = [f"{k}={v}" for k, v in {**common, **stage_keys}.items()]
+    overrides += [f"data.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}"
+                  for k, v in _data_settings(data, s).items()]
+    return load_config(None, overrides, check_paths=False)
+
+
+def _banner(msg: str) -> None:
+    print(f"\n=== {msg} ===", flush=True)
+
+
+@torch.inference_mode()
+def _evaluate_with_events(model, dataset, meta: dict, root: Path, frame_size: tuple[int, int], batch: int = 30):
+    """Top-1 on the validation clips, and how often the selectors kept the event (from meta.json)."""
+    from stts.vis import kept_regions
+
+    model.eval()
+    correct = frame_hits = box_hits = 0
+    for start in range(0, len(dataset), batch):
+        items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
+        x = torch.stack([it["video"] for it in items])  # (B, C, T, H, W)
+        logits, selections = model(x, return_selections=True)
+        for b, it in enumerate(items):
+            correct += int(logits[b].argmax()) == it["label"]
+            clip = meta["clips"][str(Path(dataset.samples[it["index"]][0]).relative_to(root))]
+            regions = kept_regions(selections, b, num_frames=x.shape[2], frame_size=frame_size)
+            ev = clip["event_frames"][0]
+            frame_hits += regions[ev].kept
+            top, left, h, w = clip["event_box"]
+            box = regions[ev].box if regions[ev].kept else None
+            if regions[ev].kept and (box is None or (box[0] <= top and box[1] <= left and
+                                                     top + h <= box[0] + box[2] and left + w <= box[1] + box[3])):
+                box_hits += 1  # the whole event is in what the model kept
+    n = len(dataset)
+    return {"top1": 100.0 * correct / n, "event_frame_kept": 100.0 * frame_hits / n,
+            "event_fully_kept": 100.0 * box_hits / n, "clips": n}
+
+
+def _latencies(models: dict, input_shape: tuple, repeats: int) -> dict:
+    """Median CPU latency (ms) of each model at batch 1, timed round-robin so noise hits all alike."""
+    from stts.measure import median
+
+    x = torch.randn(input_shape)
+    times = {name: [] for name in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m.eval()
+            for _ in range(3):
+                m(x)
+        for _ in range(repeats):
+            for name, m in models.items():
+                t0 = time.perf_counter()
+                m(x)
+                times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * median(t) for name, t in times.items()}
+
+
+def _pictures(s: DemoSettings, models: dict, dataset, meta: dict, root: Path, out: Path) -> list[str]:
+    """selection.png (STTS) and selection_<baseline>.png for the same validation clips."""
+    from stts.data.decode import decode_all
+    from stts.vis import kept_regions, plot_selection
+
+    # One clip per class, as far as there are clips.
+    chosen, seen = [], set()
+    for i, (_, label) in enumerate(dataset.samples):
+        if label not in seen:
+            chosen.append(i)
+            seen.add(label)
+        if len(chosen) == s.picture_clips:
+            break
+    x = torch.stack([dataset[i]["video"] for i in chosen])
+    written = []
+    for name, model in models.items():
+        with torch.inference_mode():
+            logits, selections = model.eval()(x, return_selections=True)
+        clips = []
+        for b, i in enumerate(chosen):
+            frames, _ = decode_all(dataset.samples[i][0])
+            frames = frames[: x.shape[2]].numpy()  # (T, H, W, 3) uint8
+            clip = meta["clips"][str(Path(dataset.samples[i][0]).relative_to(root))]
+            regions = kept_regions(selections, b, num_frames=x.shape[2], frame_size=tuple(frames.shape[1:3]))
+            pred = dataset.classes[int(logits[b].argmax())]
+            ev = clip["event_frames"]
+            clips.append((frames, regions, f"{clip['class']} (event: frames {ev[0]}-{ev[-1]})\npredicted {pred}"))
+        path = out / ("selection.png" if name == "stts" else f"selection_{name}.png")
+        plot_selection(clips, path, title=f"{name}: {s.plan}" + ("" if name == "stts" else f" ({name} policy)"))
+        written.append(str(path))
+    return written
+
+
+def _write_report(s: DemoSettings, rows: list[dict], out: Path, pictures: list[str], elapsed: float) -> dict:
+    from stts.vis import plot_accuracy_vs_gflops
+
+    plot_accuracy_vs_gflops([{"name": r["name"], "gflops": r["gflops"], "top1": r["top1"], "kind": r["kind"]}
+                             for r in rows], out / "accuracy_vs_gflops.png")
+    result = {"settings": {k: v for k, v in asdict(s).items() if k != "stages"}, "rows": rows,
+              "elapsed_s": elapsed, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    dense = rows[0]
+    lines = [
+        f"# stts demo (seed {s.seed})", "",
+        f"Synthetic clips: {s.num_classes} classes, {s.num_classes * s.clips_per_class} training and "
+        f"{s.num_classes * s.val_clips_per_class} validation mp4 files of 16 x {s.size} x {s.size} pixels; the label "
+        f"is a coloured {s.event_size}-pixel square shown in 2 of the 16 frames. Model `{s.model}`; selection plan "
+        f"`{s.plan}`; CPU latency at batch 1 with {torch.get_num_threads()} threads (median of "
+        f"{s.latency_repeats}).", "",
+        "| model | tokens kept | top-1 (%) | event frame kept (%) | whole event kept (%) | GFLOPs/view | "
+        "latency (ms) | speed-up vs dense |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['name']} | {100 * r['token_fraction']:.0f}% | {r['top1']:.1f} | "
+                     f"{r['event_frame_kept']:.1f} | {r['event_fully_kept']:.1f} | {r['gflops']:.4f} | "
+                     f"{r['latency_ms']:.2f} | {dense['latency_ms'] / r['latency_ms']:.2f}x |")
+    stts_row = next((r for r in rows if r["name"] == "stts"), None)
+    if stts_row is not None:
+        lines += ["", f"STTS keeps {100 * stts_row['token_fraction']:.0f}% of the tokens: "
+                  f"{stts_row['top1'] - dense['top1']:+.1f} points of top-1 against dense at "
+                  f"{dense['gflops'] / stts_row['gflops']:.1f}x fewer FLOPs"]
+        for r in rows:
+            if r["kind"] == "baseline":
+                lines[-1] += f"; {stts_row['top1'] - r['top1']:+.1f} points against {r['name']}"
+        lines[-1] += "."
+    lines += ["", "![accuracy vs GFLOPs](accuracy_vs_gflops.png)", "", "What STTS keeps (kept frames in colour, "
+              "dropped ones grey, the chosen anchor boxed):", "", "![selection](selection.png)", "",
+              f"Total time {elapsed / 60:.1f} min. Each stage is an `stts train` run: `runs/<stage>/config.yaml`."]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    return result
+
+
+def run_demo(s: DemoSettings) -> dict:
+    """Run every stage; returns the results dict (also written to `<out>/results.json`)."""
+    from stts.checkpoint import load_model
+    from stts.data import DataConfig, build_dataset
+    from stts.data.synth import make_synthetic_dataset
+    from stts.engine.train import train
+    from stts.flops import count_flops
+
+    t0 = time.time()
+    out = Path(s.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    n_stages = 3 + len(s.baselines)
+
+    _banner(f"[1/{n_stages + 1}] synthetic dataset -> {out / 'data'}")
+    data = make_synthetic_dataset(out / "data", num_classes=s.num_classes, clips_per_class=s.clips_per_class,
+                                  val_clips_per_class=s.val_clips_per_class, size=s.size, event_size=s.event_size,
+                                  seed=s.seed, progress=s.progress)
+    meta = json.loads(Path(data["meta"]).read_text())
+
+    _banner(f"[2/{n_stages + 1}] dense {s.model}, {s.dense_epochs} epochs")
+    train(demo_run_config("dense", s, data))
+    dense_ckpt = str(out / "runs" / "dense" / "last.pt")
+    s.stages["dense"] = str(out / "runs" / "dense")
+    for i, stage in enumerate(("stts", *s.baselines)):
+        what = (f"STTS {s.plan}: {s.scorer_warmup_epochs} scorer-only + "
+                f"{s.finetune_epochs - s.scorer_warmup_epochs} joint epochs" if stage == "stts"
+                else f"{stage} baseline at the same budget, {s.finetune_epochs} epochs")
+        _banner(f"[{i + 3}/{n_stages + 1}] {what}")
+        train(demo_run_config(stage, s, data, dense_checkpoint=dense_ckpt))
+        s.stages[stage] = str(out / "runs" / stage)
+
+    _banner(f"[{n_stages + 1}/{n_stages + 1}] evaluation, latency, report")
+    cfg = DataConfig(**_data_settings(data, s))
+    val = build_dataset(cfg, "val", seed=s.seed)
+    root = Path(data["root"])
+    models = {name: load_model(Path(d) / "last.pt") for name, d in s.stages.items()}
+    input_shape = (1, *val.video_shape)
+    latency = _latencies(models, input_shape, s.latency_repeats)
+    rows = []
+    for name, model in models.items():
+        metrics = _evaluate_with_events(model, val, meta, root, (s.size, s.size))
+        rows.append({"name": name, "kind": "dense" if name == "dense" else "stts" if name == "stts" else "baseline",
+                     "plan": str(model.plan) if len(getattr(model, "plan", ()) or ()) else "dense",
+                     "token_fraction": _token_fraction(model, input_shape),
+                     "gflops": count_flops(model, input_shape).gflops, "latency_ms": latency[name], **metrics})
+    pictures = _pictures(s, {k: models[k] for k in ("stts", *s.baselines[:1]) if k in models}, val, meta, root, out)
+    result = _write_report(s, rows, out, pictures, time.time() - t0)
+    print("\n" + (out / "results.md").read_text().split("\n\n![")[0])
+    print(f"\nreport: {out.resolve()}/results.md (results.json, accuracy_vs_gflops.png, selection.png)")
+    return result
+
+
+def _token_fraction(model, input_shape) -> float:
+    """Fraction of the token map that the selectors keep (1.0 for a dense model)."""
+    with torch.inference_mode():
+        _, kept = model.eval()(torch.zeros(input_shape), return_selections=True)
+    frac = 1.0
+    for sel in kept.values():
+        t, h, w = sel.thw_in
+        if sel.kind == "temporal":
+            frac *= sel.indices.shape[1] / t
+        elif sel.kind == "anchor":
+            frac *= float(sel.boxes[0, 0, 2] * sel.boxes[0, 0, 3]) / (h * w)
+        else:
+            frac *= sel.indices.shape[1] / (t * h * w)
+    return frac
