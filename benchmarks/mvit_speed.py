@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from stts.flops import count_flops
-from stts.measure import median
+from stts.measure import cpu_name, median
 from stts.models import create_model, model_entry
 from stts.patch import patch
 
@@ -63,16 +63,6 @@ def official_latency() -> dict:
         return {}
     rows = json.loads(FIXTURE.read_text())["rows"]
     return {OFFICIAL[r["model"]]: r["median_s"] for r in rows if r["model"] in OFFICIAL}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ---------------------------------------------------------------------------------------------------

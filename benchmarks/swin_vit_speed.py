@@ -35,23 +35,13 @@ from pathlib import Path
 import torch
 
 from stts.flops import count_flops
-from stts.measure import median
+from stts.measure import cpu_name, median
 from stts.models import create_model, model_entry
 from stts.patch import patch
 
 VIT_PLANS = [None, "T0_0.5", "K0_0.5", "K4_0.5", "S0_0.5", "T0_0.5-S0_0.5"]
 SWIN_PUBLISHED = ["swin3d_b_stts_t0.9", "swin3d_b_stts_t0.8", "swin3d_b_stts_t0.6", "swin3d_b_stts_t0.5",
                   "swin3d_b_stts_t0.4"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_group(group: str, args) -> tuple[dict, tuple]:

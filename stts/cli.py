@@ -2,7 +2,7 @@
 
     stts list-models                 # what the registry holds
     stts flops mvit_b_16x4_stts_t0.5_s0.7 --json
-    stts train configs/demo.yaml optim.epochs=2
+    stts train configs/demo.yaml train.epochs=2
     python -m stts --help            # the same program
 
 Each subcommand lives in `stts/commands/<name>.py` and exposes

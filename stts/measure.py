@@ -1,6 +1,7 @@
 """Measuring: time and memory. Functions return numbers and print nothing (ToMe's `benchmark`).
 
     times = time_fn(lambda: model(x), warmup=2, repeats=5)      # seconds per call, warm-up dropped
+    times = time_round_robin({"a": fa, "b": fb}, repeats=9)    # {"a": [...], "b": [...]}, timed in turn
     result, peak = peak_memory(lambda: loss_fn().backward())    # bytes, CPU or CUDA
 """
 
@@ -15,7 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["time_fn", "median", "peak_memory", "TensorMemoryTracker"]
+__all__ = ["time_fn", "time_round_robin", "median", "cpu_name", "peak_memory", "TensorMemoryTracker"]
 
 
 def _sync(device: "torch.device | str | None") -> None:
@@ -36,6 +37,33 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 5,
         _sync(device)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def time_round_robin(fns: "dict[str, Callable[[], Any]]", *, warmup: int = 2, repeats: int = 5,
+                     device: "torch.device | str | None" = None) -> dict[str, list[float]]:
+    """Seconds per call of each function, timed in turn (one call of each per round, `repeats` rounds,
+    after `warmup` calls each), so that drifts of a shared machine hit every function alike."""
+    for fn in fns.values():
+        time_fn(fn, warmup=warmup, repeats=0, device=device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name] += time_fn(fn, warmup=0, repeats=1, device=device)
+    return times
+
+
+def cpu_name() -> str:
+    """The CPU's model name (for benchmark reports)."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def median(values: list[float]) -> float:

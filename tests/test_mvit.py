@@ -32,7 +32,7 @@ def small_kwargs(meta) -> dict:
     a = meta["architecture"]
     return dict(embed_dim=a["embed_dim"], num_heads=a["num_heads"], depth=a["depth"], num_classes=a["num_classes"],
                 img_size=a["crop_size"], num_frames=a["num_frames"], drop_path_rate=a["drop_path_rate"],
-                head_dropout=a["head_dropout"])
+                head_drop=a["head_dropout"])
 
 
 def fixture_model(name: str):

@@ -35,7 +35,7 @@ def run(args) -> int:
     import torch
 
     from stts.flops import count_flops
-    from stts.measure import median, time_fn
+    from stts.measure import median, time_round_robin
     from stts.models import create_model
 
     if args.threads:
@@ -60,13 +60,10 @@ def run(args) -> int:
     x = torch.randn(args.batch_size, C, T, H, W).to(device)  # built on CPU: the same clip on every device
     gflops = [count_flops(m, (1, C, T, H, W)).gflops for m in models]
     amp = torch.autocast(device.type, dtype=getattr(torch, args.dtype)) if args.dtype != "float32" else None
-    times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode(), (amp if amp is not None else _null()):
-        for m in models:
-            time_fn(lambda: m(x), warmup=args.warmup, repeats=0, device=device)
-        for _ in range(args.repeats):
-            for i, m in enumerate(models):
-                times[i] += time_fn(lambda: m(x), warmup=0, repeats=1, device=device)
+        timed = time_round_robin({i: (lambda m=m: m(x)) for i, m in enumerate(models)}, warmup=args.warmup,
+                                 repeats=args.repeats, device=device)
+    times = [timed[i] for i in range(len(models))]
     rows = []
     for name, m, g, ts in zip(args.models, models, gflops, times):
         lat = median(ts)

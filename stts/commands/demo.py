@@ -27,7 +27,11 @@ def add_arguments(parser) -> None:
                         help="of the fine-tuning epochs, how many train the scorers alone")
     parser.add_argument("--baselines", default=",".join(d.baselines),
                         help="non-learned policies to compare at the same budget ('' for none)")
-    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--lr", type=float, default=d.lr, help="dense training learning rate")
+    parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr,
+                        help="fine-tuning learning rate of the scorers (the backbone gets 0.1x)")
+    parser.add_argument("--jacobian", choices=("diagonal", "full"), default=d.jacobian,
+                        help="perturbed top-K gradient estimator (diagonal: the authors')")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 4 clips per class, 1 epoch each")
@@ -41,13 +45,15 @@ def run(args) -> int:
         out_dir=args.out, seed=args.seed, num_classes=args.classes, clips_per_class=args.clips_per_class,
         val_clips_per_class=args.val_clips_per_class, size=args.size, event_size=args.event_size, plan=args.plan,
         dense_epochs=args.dense_epochs, finetune_epochs=args.finetune_epochs,
-        scorer_warmup_epochs=args.scorer_warmup_epochs, lr=args.lr, batch_size=args.batch_size,
+        scorer_warmup_epochs=args.scorer_warmup_epochs, lr=args.lr, finetune_lr=args.finetune_lr,
+        jacobian=args.jacobian, batch_size=args.batch_size,
         baselines=tuple(b for b in args.baselines.split(",") if b), threads=args.threads,
         progress=not args.no_progress,
     )
     if args.quick:
         s.clips_per_class, s.val_clips_per_class = 4, 2
         s.dense_epochs, s.finetune_epochs, s.scorer_warmup_epochs, s.latency_repeats = 1, 2, 1, 3
+        s.throughput_batch = 8
     if not 0 <= s.scorer_warmup_epochs <= s.finetune_epochs:
         raise SystemExit(f"--scorer-warmup-epochs {s.scorer_warmup_epochs} must be within --finetune-epochs "
                          f"{s.finetune_epochs}")

@@ -6,10 +6,10 @@
 
 Each clip (default 16 frames, 64 x 64, 30 fps) is a textured, noisy background with a few muted,
 moving distractor blobs in every frame. The label is a short **event**: a saturated coloured shape
-(colour x shape = class; the default 6 classes are 6 colours of squares, rings and crosses come after) shown in `event_frames`
-(2) consecutive frames, aligned to `temporal_stride` (2, the demo model's temporal patch stride, so
-it falls in exactly one of the 8 temporal tokens), in a `event_size` (16) pixel box at a random
-position. Everything else carries no label information.
+(colour x shape = class; the default 6 classes are 6 colours of squares, rings and crosses come
+after) shown in `event_frames` (2) consecutive frames, aligned to `temporal_stride` (2, the demo
+model's temporal patch stride, so it falls in exactly one of the 8 temporal tokens), in a
+`event_size` (16) pixel box at a random position. Everything else carries no label information.
 
 Why this layout: a model that keeps 4 of 8 temporal tokens picks the event's token half the time
 if it picks blindly (uniform sampling: 50% miss), and a centred anchor of half the area (a = 11 of 16
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_synthetic_dataset", "class_names", "render_clip", "COLOURS", "SHAPES"]
+__all__ = ["make_synthetic_dataset", "synthetic_data_config", "class_names", "render_clip", "COLOURS", "SHAPES"]
 
 COLOURS = {
     "red": (230, 30, 30),
@@ -229,22 +229,28 @@ def make_synthetic_dataset(
         "box_format": "top, left, height, width in pixels", "clips": clips,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    root = str(out)
     return {
-        "root": root,
+        "root": str(out),
         "train_annotations": str(out / "train.csv"),
         "val_annotations": str(out / "val.csv"),
         "classes_file": str(out / "classes.txt"),
         "meta": str(out / "meta.json"),
         "num_classes": num_classes,
         "codec": codec,
-        "data_config": {
-            "format": "kinetics", "root": root, "train_annotations": str(out / "train.csv"),
-            "val_annotations": str(out / "val.csv"), "classes_file": str(out / "classes.txt"),
-            "num_frames": num_frames, "sampling_rate": 1, "target_fps": 0.0,
-            "crop_size": size, "test_short_side": size, "random_resized_crop": False,
-            "train_jitter_scales": (size, size), "flip": False, "randaug": False, "erase_prob": 0.0,
-            "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "label_smoothing": 0.0,
-            "num_temporal_views": 1, "num_spatial_crops": 1,
-        },
+        "data_config": synthetic_data_config(out, num_frames=num_frames, size=size),
+    }
+
+
+def synthetic_data_config(out_dir: "str | os.PathLike", *, num_frames: int = 16, size: int = 64) -> dict:
+    """DataConfig kwargs that fit a synthetic dataset in `out_dir`: all frames, the whole frame, and no
+    augmentation that could cut the event away."""
+    out = Path(out_dir)
+    return {
+        "format": "kinetics", "root": str(out), "train_annotations": str(out / "train.csv"),
+        "val_annotations": str(out / "val.csv"), "classes_file": str(out / "classes.txt"),
+        "num_frames": num_frames, "sampling_rate": 1, "target_fps": 0.0,
+        "crop_size": size, "test_short_side": size, "random_resized_crop": False,
+        "train_jitter_scales": (size, size), "flip": False, "randaug": False, "erase_prob": 0.0,
+        "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "label_smoothing": 0.0,
+        "num_temporal_views": 1, "num_spatial_crops": 1,
     }

@@ -61,7 +61,7 @@ def build_model(cfg, num_classes: int) -> nn.Module:
     from stts.selectors import get_selectors
 
     m = cfg.model
-    optional = {"drop_path_rate": m.drop_path_rate, "head_dropout": m.head_dropout}  # None: the variant's own
+    optional = {"drop_path_rate": m.drop_path_rate, "head_drop": m.head_dropout}  # None: the variant's own
     kwargs = {"num_classes": m.num_classes or num_classes, **{k: v for k, v in optional.items() if v is not None},
               **_input_kwargs(cfg), **m.kwargs}
     from stts.plan import parse_plan
@@ -204,7 +204,8 @@ def _train(cfg, env: D.DistEnv) -> dict:
                       prob=cfg.data.mixup_prob, switch_prob=cfg.data.mixup_switch_prob,
                       label_smoothing=cfg.data.label_smoothing) if mixing else None
     selectors = get_selectors(model)
-    sigma0 = cfg.model.sigma if cfg.model.sigma is not None else (selectors[0].sigma if selectors else 0.0)
+    # A dense model has no noise to schedule: sigma is then neither set nor logged.
+    sigma0 = (cfg.model.sigma if cfg.model.sigma is not None else selectors[0].sigma) if selectors else 0.0
     input_shape = (1, *train_ds.video_shape)
     gflops = count_flops(model, input_shape).gflops
 
@@ -316,8 +317,8 @@ def _train(cfg, env: D.DistEnv) -> dict:
                 # .item() syncs the GPU, so only here; the loss is averaged over ranks.
                 last_loss = D.all_reduce_mean(win_loss.item() / win_n, device)
                 clips_s = win_n * t.accum_steps * t.batch_size * env.world_size / (time.perf_counter() - win_t)
-                log.metrics("train", {"loss": last_loss, "lr": lr, "sigma": sigma, "clips_per_s": clips_s,
-                                      "epoch": epoch + epoch_step / steps_per_epoch}, step)
+                log.metrics("train", {"loss": last_loss, "lr": lr, **({"sigma": sigma} if selectors else {}),
+                                      "clips_per_s": clips_s, "epoch": epoch + epoch_step / steps_per_epoch}, step)
                 if bar is not None:
                     bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{clips_s:.1f}")
                 win_loss, win_n, win_t = torch.zeros((), device=device), 0, time.perf_counter()
@@ -339,9 +340,10 @@ def _train(cfg, env: D.DistEnv) -> dict:
         train_loss = D.all_reduce_mean(epoch_loss.item() / max(epoch_n, 1), device)
         train_sel = stats.reduce().summary()
         val_sel = {}
-        record = {"epoch": epoch, "train_loss": train_loss, "sigma": sigma, "lr": lr, "backbone_frozen": frozen,
-                  "skipped_samples": loader.skips.bad}
-        msg = f"epoch {epoch}/{t.epochs}: train loss {train_loss:.4f}, lr {lr:.2e}, sigma {sigma:.4f}"
+        record = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **({"sigma": sigma} if selectors else {}),
+                  "backbone_frozen": frozen, "skipped_samples": loader.skips.bad}
+        msg = f"epoch {epoch}/{t.epochs}: train loss {train_loss:.4f}, lr {lr:.2e}" + \
+            (f", sigma {sigma:.4f}" if selectors else "")
         if val_loader is not None and (epoch % t.eval_every == 0 or epoch == t.epochs):
             res = evaluate(raw, val_loader, num_videos=val_loader.dataset.num_videos,
                            num_classes=val_loader.dataset.num_classes, device=device, amp_dtype=amp_dtype)

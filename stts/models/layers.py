@@ -1,4 +1,4 @@
-"""Layers shared by the backbones: MLP, stochastic depth, weight init.
+"""What the backbones share: the classifier interface, MLP, stochastic depth, weight init.
 
 Backbone-specific attention (MViT pooling attention, Swin window attention, ViT joint attention)
 lives in the backbone's own file.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Mlp", "DropPath", "drop_path", "init_weights_trunc_normal"]
+__all__ = ["VideoClassifier", "Mlp", "DropPath", "drop_path", "init_weights_trunc_normal"]
 
 
 class Mlp(nn.Module):
@@ -61,3 +61,22 @@ def init_weights_trunc_normal(module: nn.Module, std: float = 0.02) -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+class VideoClassifier(nn.Module):
+    """The interface every stts backbone shares (timm's): `forward_features` -> `forward_head`.
+
+    Subclasses define `forward_features(x, return_selections=False)` and `forward_head(x, pre_logits)`,
+    and keep their classifier in `self.head` over `self.num_features` channels.
+    """
+
+    def forward(self, x: Tensor, return_selections: bool = False):
+        """(B, C_in, T, H, W) -> logits (B, num_classes) [, {selector name: Selection}]."""
+        if return_selections:
+            x, record = self.forward_features(x, return_selections=True)
+            return self.forward_head(x), record
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stts.models._registry import register_model
-from stts.models.layers import DropPath, Mlp, init_weights_trunc_normal
+from stts.models.layers import DropPath, Mlp, VideoClassifier, init_weights_trunc_normal
 from stts.models.zoo import ZOO
 from stts.patch import run_selectors
 
@@ -311,7 +311,7 @@ class PatchEmbed3d(nn.Module):
         return x.flatten(2).transpose(1, 2), thw  # (B, C, T'*H'*W') -> (B, T'*H'*W', C)
 
 
-class MViT(nn.Module):
+class MViT(VideoClassifier):
     """MViT v1 video classifier with STTS selection points before every block.
 
     Input (B, C_in, T, H, W); output logits (B, num_classes). `selectors` (filled by `stts.patch`)
@@ -323,7 +323,7 @@ class MViT(nn.Module):
         in_chans, num_classes (MODEL.NUM_CLASSES; 0 gives no head).
         embed_dim (EMBED_DIM), depth (DEPTH), num_heads (NUM_HEADS), mlp_ratio (MLP_RATIO),
         qkv_bias (QKV_BIAS), drop_path_rate (DROPPATH_RATE, linear over blocks),
-        head_dropout (MODEL.DROPOUT_RATE).
+        head_drop (MODEL.DROPOUT_RATE).
         dim_mul, head_mul: [(block, mul)] (DIM_MUL, HEAD_MUL); pool_q_stride: [(block, st, sh, sw)]
         (POOL_Q_STRIDE); pool_kv_stride_adaptive (POOL_KV_STRIDE_ADAPTIVE) or pool_kv_stride
         (POOL_KV_STRIDE); pool_kernel (POOL_KVQ_KERNEL); pool_mode (MODE: conv | max | avg).
@@ -347,7 +347,7 @@ class MViT(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,
-        head_dropout: float = 0.0,
+        head_drop: float = 0.0,
         dim_mul: Sequence = ((1, 2.0), (3, 2.0), (14, 2.0)),
         head_mul: Sequence = ((1, 2.0), (3, 2.0), (14, 2.0)),
         pool_q_stride: Sequence = ((1, 1, 2, 2), (3, 1, 2, 2), (14, 1, 2, 2)),
@@ -394,7 +394,7 @@ class MViT(nn.Module):
         ])
         self.num_features = self.block_configs[-1]["dim_out"] if depth else embed_dim
         self.norm = nn.LayerNorm(self.num_features, eps=norm_eps)
-        self.head_drop = nn.Dropout(head_dropout)
+        self.head_drop = nn.Dropout(head_drop)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.selectors = nn.ModuleDict()  # filled by stts.patch; keys like "T0", "S4"
         self._init_weights()
@@ -503,17 +503,6 @@ class MViT(nn.Module):
         x = x[:, 0] if self.cls_token is not None else x.mean(dim=1)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor, return_selections: bool = False):
-        """(B, C_in, T, H, W) -> logits (B, num_classes) [, {selector name: Selection}]."""
-        if return_selections:
-            x, record = self.forward_features(x, return_selections=True)
-            return self.forward_head(x), record
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -637,7 +626,7 @@ def model_kwargs_from_official(cfg: dict) -> dict:
         img_size=int(_cfg_get(cfg, "DATA.TRAIN_CROP_SIZE", 224)),
         in_chans=int((_cfg_get(cfg, "DATA.INPUT_CHANNEL_NUM", [3]) or [3])[0]),
         num_classes=int(_cfg_get(cfg, "MODEL.NUM_CLASSES", 400)),
-        head_dropout=float(_cfg_get(cfg, "MODEL.DROPOUT_RATE", 0.5)),
+        head_drop=float(_cfg_get(cfg, "MODEL.DROPOUT_RATE", 0.5)),
         embed_dim=int(mv.get("EMBED_DIM", 96)),
         depth=int(mv.get("DEPTH", 16)),
         num_heads=int(mv.get("NUM_HEADS", 1)),
@@ -714,7 +703,7 @@ _MVIT_B = dict(embed_dim=96, depth=16, num_heads=1, dim_mul=((1, 2.0), (3, 2.0),
                head_mul=((1, 2.0), (3, 2.0), (14, 2.0)), pool_q_stride=((1, 1, 2, 2), (3, 1, 2, 2), (14, 1, 2, 2)),
                pool_kv_stride_adaptive=(1, 8, 8), pool_kernel=(3, 3, 3), patch_kernel=(3, 7, 7),
                patch_stride=(2, 4, 4), patch_padding=(1, 3, 3), sep_pos_embed=True, drop_path_rate=0.2,
-               head_dropout=0.5)
+               head_drop=0.5)
 
 # The published STTS models were trained with sigma 0.1 (MViT) and the authors' diagonal estimator;
 # the registered variants keep both so that fine-tuning them reproduces the paper. stts's default for

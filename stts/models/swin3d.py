@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stts.models._registry import register_model
-from stts.models.layers import DropPath, Mlp, init_weights_trunc_normal
+from stts.models.layers import DropPath, Mlp, VideoClassifier, init_weights_trunc_normal
 from stts.models.zoo import ZOO
 from stts.patch import run_selectors
 
@@ -401,7 +401,7 @@ class PatchEmbed3d(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
-class SwinTransformer3d(nn.Module):
+class SwinTransformer3d(VideoClassifier):
     """Video Swin Transformer with optional STTS selectors before its stages.
 
     Args:
@@ -586,17 +586,6 @@ class SwinTransformer3d(nn.Module):
         """Map (B, T, H, W, C) -> logits (B, num_classes), or the pooled feature (B, C) if pre_logits."""
         x = self.head_drop(x.mean(dim=(1, 2, 3)))  # (B, T, H, W, C) -> (B, C)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor, return_selections: bool = False):
-        """(B, C_in, T, H, W) -> logits (B, num_classes) [, {selector name: Selection}]."""
-        if return_selections:
-            x, record = self.forward_features(x, return_selections=True)
-            return self.forward_head(x), record
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

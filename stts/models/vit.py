@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stts.models._registry import register_model
-from stts.models.layers import DropPath, Mlp, init_weights_trunc_normal
+from stts.models.layers import DropPath, Mlp, VideoClassifier, init_weights_trunc_normal
 from stts.patch import run_selectors
 
 __all__ = ["VisionTransformer3d", "Attention", "Block", "TubeletEmbed", "sincos_table", "checkpoint_filter_fn"]
@@ -130,7 +130,7 @@ class Block(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
-class VisionTransformer3d(nn.Module):
+class VisionTransformer3d(VideoClassifier):
     """Video ViT with joint space-time attention and optional STTS selectors before its blocks.
 
     Args:
@@ -302,17 +302,6 @@ class VisionTransformer3d(nn.Module):
         x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor, return_selections: bool = False):
-        """(B, C_in, T, H, W) -> logits (B, num_classes) [, {selector name: Selection}]."""
-        if return_selections:
-            x, record = self.forward_features(x, return_selections=True)
-            return self.forward_head(x), record
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
