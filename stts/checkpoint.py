@@ -71,9 +71,26 @@ def atomic_save(obj: Any, path: "str | os.PathLike") -> None:
 
 
 def save_model(model: nn.Module, path: "str | os.PathLike", **extra: Any) -> None:
-    """Save weights and build config (plus any `extra` entries) atomically."""
+    """Save weights and build config atomically, so that `load_model(path)` rebuilds the model.
+
+    `*.safetensors`: the weights, with the build config as JSON under the metadata key "stts" (no
+    `extra`); any other name: a torch file {"stts": config, "model": state dict, **extra}.
+    """
     raw = getattr(model, "module", model)  # unwrap DDP
-    atomic_save({"stts": model_config(raw), "model": raw.state_dict(), **extra}, path)
+    if Path(path).suffix != ".safetensors":
+        atomic_save({"stts": model_config(raw), "model": raw.state_dict(), **extra}, path)
+        return
+    if extra:
+        raise ValueError(f"{path}: a safetensors file holds weights and the build config only, not {sorted(extra)}")
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # clone: safetensors refuses tensors that share storage (tied or sliced weights)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in raw.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"stts": json.dumps(model_config(raw))})
+    os.replace(tmp, path)  # never a half-written file under the final name
 
 
 def read_checkpoint(path: "str | os.PathLike") -> dict:

@@ -56,11 +56,14 @@ def test_load_model_rebuilds_an_official_stts_checkpoint(tmp_path):
     assert all(s.sigma == 0.1 and s.jacobian == "diagonal" for s in model.selectors.values())
     got, want = logits_of(model, "mvit_small_t0_0.5_s4_0.7")
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    # ... and saved again in stts's format, it comes back the same.
-    stts.save_model(model, tmp_path / "again.pt")
-    again = stts.load_model(tmp_path / "again.pt")
-    assert str(again.plan) == str(model.plan) and again.selectors["T0"].jacobian == "diagonal"
-    torch.testing.assert_close(logits_of(again, "mvit_small_t0_0.5_s4_0.7")[0], got, atol=0, rtol=0)
+    # ... and saved again in stts's format (torch file or safetensors), it comes back the same.
+    for name in ("again.pt", "again.safetensors"):
+        stts.save_model(model, tmp_path / name)
+        again = stts.load_model(tmp_path / name)
+        assert str(again.plan) == str(model.plan) and again.selectors["T0"].jacobian == "diagonal"
+        torch.testing.assert_close(logits_of(again, "mvit_small_t0_0.5_s4_0.7")[0], got, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="safetensors"):
+        stts.save_model(model, tmp_path / "x.safetensors", epoch=3)
 
 
 def test_load_model_rebuilds_an_official_dense_checkpoint(tmp_path):

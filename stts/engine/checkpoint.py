@@ -13,8 +13,6 @@ torch, cuda states and the mixup generator). `stts.load_model(path)` rebuilds th
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -121,17 +119,8 @@ def load_finetune(model: nn.Module, path: "str | Path") -> dict:
 def export_safetensors(checkpoint: "str | Path", out: "str | Path") -> dict:
     """Write a checkpoint's weights to safetensors with the build config in the metadata (key "stts",
     JSON), so `stts.load_model(out)` rebuilds the model. Returns the build config."""
-    from safetensors.torch import save_file
-
-    from stts.checkpoint import load_model
+    from stts.checkpoint import load_model, save_model
 
     model = load_model(checkpoint)  # validates: the weights fit the model they claim to be
-    cfg = model_config(model)
-    # clone: safetensors refuses tensors that share storage (tied or sliced weights)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"stts": json.dumps(cfg)})
-    os.replace(tmp, out)  # never a half-written file under the final name
-    return cfg
+    save_model(model, out)
+    return model_config(model)
