@@ -47,7 +47,7 @@ class DemoSettings:
     finetune_epochs: int = 12
     scorer_warmup_epochs: int = 6  # of the fine-tuning epochs, scorers alone (backbone frozen)
     lr: float = 1e-3  # dense training
-    finetune_lr: float = 2e-3  # the scorers' (and baselines' heads); the backbone gets 0.1x
+    finetune_lr: float = 2e-3  # the scorers'; the backbone gets 0.1x (a baseline has no scorers: all of it)
     batch_size: int = 8
     sigma: float = 0.1
     # The authors' diagonal estimator: on this task it fine-tunes more reliably than the unbiased full
