@@ -6,6 +6,8 @@ lives in the backbone's own file.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -80,3 +82,31 @@ class VideoClassifier(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    selection_place = "block"  # what a plan's index counts ("T0": before block 0; Swin: stage)
+
+    def check_selection(self, spec) -> None:
+        """Raise ValueError if `spec` (a PlanSpec) cannot run at the default input size: no such place
+        (`selection_dim`), more frames or tokens kept than there are, an anchor larger than the map, or
+        what the backbone's own `check_anchor` forbids. The message names the map it would see."""
+        self.selection_dim(spec.before)
+        T, H, W = self.grid_before(spec.before)
+        where = (f"before {self.selection_place} {spec.before} of {type(self).__name__} the map is {T}x{H}x{W} "
+                 f"(T x H x W) for the default {self.input_size[1]}x{self.input_size[2]}x{self.input_size[3]} input")
+        if spec.kind == "T":
+            k = spec.keep if spec.keep is not None else int(T * spec.ratio + 1e-6)
+            if not 1 <= k <= T:
+                raise ValueError(f"{spec} keeps {k} frames: {where}")
+        elif spec.kind == "S":
+            # The same rule as AnchorSelector: a = floor(sqrt(int(H*W*ratio))), unless given.
+            a = spec.anchor_size if spec.anchor_size is not None else math.isqrt(int(H * W * spec.ratio + 1e-6))
+            if not 1 <= a <= min(H, W):
+                raise ValueError(f"{spec} asks for a {a}x{a} anchor: {where}")
+            self.check_anchor(spec, a, (T, H, W), where)
+        elif spec.kind == "K":
+            k = spec.keep if spec.keep is not None else int(T * H * W * spec.ratio + 1e-6)
+            if not 1 <= k <= T * H * W:
+                raise ValueError(f"{spec} keeps {k} tokens: {where}")
+
+    def check_anchor(self, spec, a: int, thw: tuple[int, int, int], where: str) -> None:
+        """Backbone-specific limits on an a x a anchor (Swin: the window partition); none by default."""

@@ -421,7 +421,8 @@ class MViT(VideoClassifier):
 
     def grid_before(self, index: int, input_size: tuple | None = None, *, with_selectors: bool = True) -> Thw:
         """Token grid (T, H, W) entering block `index` (before its own selectors) for an input (C, T, H, W)
-        (default: `input_size`), after the selectors of earlier blocks unless `with_selectors=False`."""
+        (default: `input_size`), after the selectors of earlier blocks unless `with_selectors=False`.
+        MViT-B at 16x224: 8 frames; 56x56 before blocks 0-1, 28x28 before 2-3, 14x14 before 4-14, 7x7 before 15."""
         _, t, h, w = input_size or self.input_size
         thw = self.patch_embed.grid(t, h, w)
         for i in range(index):
@@ -441,24 +442,6 @@ class MViT(VideoClassifier):
             elif sel.kind == "anchor":
                 H = W = sel.geometry(H, W)[0]
         return T, H, W
-
-    def check_selection(self, spec) -> None:
-        """Raise ValueError if `spec` cannot run at the default input size (anchor larger than the map,
-        more frames kept than there are). MViT-B at 224: 56x56 before blocks 0-1, 28x28 before 2-3,
-        14x14 before 4-14, 7x7 before 15; 8 frames (16-frame clips)."""
-        self.selection_dim(spec.before)
-        T, H, W = self.grid_before(spec.before)
-        where = (f"before block {spec.before} of {type(self).__name__} the map is {T}x{H}x{W} (T x H x W) "
-                 f"for the default {self.input_size[1]}x{self.input_size[2]}x{self.input_size[3]} input")
-        if spec.kind == "T":
-            k = spec.keep if spec.keep is not None else int(T * spec.ratio + 1e-6)
-            if not 1 <= k <= T:
-                raise ValueError(f"{spec} keeps {k} frames: {where}")
-        elif spec.kind == "S":
-            # The same rule as AnchorSelector: a = floor(sqrt(int(H*W*ratio))), unless given.
-            a = spec.anchor_size if spec.anchor_size is not None else math.isqrt(int(H * W * spec.ratio + 1e-6))
-            if not 1 <= a <= min(H, W):
-                raise ValueError(f"{spec} asks for a {a}x{a} anchor: {where}")
 
     # -- forward -----------------------------------------------------------------------------------
 

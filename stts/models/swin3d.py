@@ -537,28 +537,20 @@ class SwinTransformer3d(VideoClassifier):
                 sizes.append(a)
         return sizes
 
-    def check_selection(self, spec) -> None:
-        """Raise ValueError if `spec` does not fit the default input. Anchors (S) must keep the window
-        partition valid at every later stage (see `valid_anchor_sizes`); at 224 (56x56 before stage 0,
-        28, 14, 7 before stages 1-3) that is a <= 7 or a in {14, 28, 56} before stage 0, a <= 7 or
-        {14, 28} before stage 1, a <= 7 or 14 before stage 2, any a <= 7 before stage 3."""
-        self.selection_dim(spec.before)
-        T, H, W = self.grid_before(spec.before)
-        where = (f"before stage {spec.before} of {type(self).__name__} the map is {T}x{H}x{W} (T x H x W) for "
-                 f"the default {self.input_size[1]}x{self.input_size[2]}x{self.input_size[3]} input")
-        if spec.kind == "T":
-            k = spec.keep if spec.keep is not None else int(T * spec.ratio + 1e-6)
-            if not 1 <= k <= T:
-                raise ValueError(f"{spec} keeps {k} frames: {where}")
-        elif spec.kind == "S":
-            if H != W:
-                raise ValueError(f"{spec}: anchors need a square map: {where}")
-            a = spec.anchor_size if spec.anchor_size is not None else math.isqrt(int(H * W * spec.ratio + 1e-6))
-            valid = self.valid_anchor_sizes(spec.before)
-            if a not in valid:
-                raise ValueError(f"{spec} gives a {a}x{a} anchor, which breaks the {self.window_size[1]}x"
-                                 f"{self.window_size[2]} window partition of later stages: {where}; valid anchor "
-                                 f"sizes there: {valid} (give one as S{spec.before}_a<size>)")
+    selection_place = "stage"
+
+    def check_anchor(self, spec, a: int, thw: tuple[int, int, int], where: str) -> None:
+        """Anchors must keep the window partition valid at every later stage (`valid_anchor_sizes`): at
+        224 (56x56 before stage 0, 28, 14, 7 before stages 1-3) that is a <= 7 or a in {14, 28, 56} before
+        stage 0, a <= 7 or {14, 28} before stage 1, a <= 7 or 14 before stage 2, any a <= 7 before stage 3."""
+        _, H, W = thw
+        if H != W:
+            raise ValueError(f"{spec}: anchors need a square map: {where}")
+        valid = self.valid_anchor_sizes(spec.before)
+        if a not in valid:
+            raise ValueError(f"{spec} gives a {a}x{a} anchor, which breaks the {self.window_size[1]}x"
+                             f"{self.window_size[2]} window partition of later stages: {where}; valid anchor "
+                             f"sizes there: {valid} (give one as S{spec.before}_a<size>)")
 
     # -- forward -----------------------------------------------------------------------------------
 

@@ -239,27 +239,6 @@ class VisionTransformer3d(VideoClassifier):
                 T, H, W = 1, 1, sel.keep if sel.keep is not None else int(n * sel.ratio + 1e-6)
         return T, H, W
 
-    def check_selection(self, spec) -> None:
-        """Raise ValueError if `spec` does not fit the default input (8x14x14 tokens for vit_*_16x16)."""
-        self.selection_dim(spec.before)
-        T, H, W = self.grid_before(spec.before)
-        where = (f"before block {spec.before} of {type(self).__name__} the map is {T}x{H}x{W} (T x H x W) for "
-                 f"the default {self.input_size[1]}x{self.input_size[2]}x{self.input_size[3]} input")
-        if spec.kind == "T":
-            k = spec.keep if spec.keep is not None else int(T * spec.ratio + 1e-6)
-            if not 1 <= k <= T:
-                raise ValueError(f"{spec} keeps {k} frames: {where}")
-        elif spec.kind == "S":
-            if H != W:
-                raise ValueError(f"{spec}: anchors need a square map: {where}")
-            a = spec.anchor_size if spec.anchor_size is not None else math.isqrt(int(H * W * spec.ratio + 1e-6))
-            if not 1 <= a <= H:
-                raise ValueError(f"{spec} asks for a {a}x{a} anchor: {where}")
-        elif spec.kind == "K":
-            k = spec.keep if spec.keep is not None else int(T * H * W * spec.ratio + 1e-6)
-            if not 1 <= k <= T * H * W:
-                raise ValueError(f"{spec} keeps {k} tokens: {where}")
-
     # -- forward -----------------------------------------------------------------------------------
 
     def _pos_embed(self, x: Tensor, thw: Thw) -> Tensor:
