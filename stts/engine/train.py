@@ -58,14 +58,13 @@ def seed_everything(seed: int) -> None:
 def build_model(cfg, num_classes: int) -> nn.Module:
     """The registry model of cfg.model, sized for cfg.data's clips, with the selector settings applied."""
     from stts.models import create_model
+    from stts.plan import parse_plan
     from stts.selectors import get_selectors
 
     m = cfg.model
     optional = {"drop_path_rate": m.drop_path_rate, "head_drop": m.head_dropout}  # None: the variant's own
     kwargs = {"num_classes": m.num_classes or num_classes, **{k: v for k, v in optional.items() if v is not None},
               **_input_kwargs(cfg), **m.kwargs}
-    from stts.plan import parse_plan
-
     try:
         # The policy decides whether selectors get scorers at all, so it goes in with the plan.
         selection = parse_plan(m.selection, policy=m.policy) if m.selection else None
