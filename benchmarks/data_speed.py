@@ -102,24 +102,17 @@ def main() -> None:
             rows.append((name, med, rates))
 
         out = make_synthetic_dataset(tmp / "synth", clips_per_class=4, val_clips_per_class=1)
-        demo_cfg = DataConfig(**out["data_config"])
-        demo_train = build_dataset(demo_cfg, "train")
+        augment = {"randaug": True, "erase_prob": 0.25, "random_resized_crop": True}
+        for name, extra in (("demo train item 16x64 (synth defaults, its DataConfig)", {}),
+                            ("demo train item 16x64 + RRC, RandAugment, erase", augment)):
+            demo_train = build_dataset(DataConfig(**{**out["data_config"], **extra}), "train")
 
-        def demo_item(i):
-            demo_train.set_epoch(i)
-            demo_train[i % len(demo_train)]
+            def demo_item(i, ds=demo_train):
+                ds.set_epoch(i)
+                ds[i % len(ds)]
 
-        med, rates = clips_per_second(demo_item, 5 * n, args.repeats)
-        rows.append(("demo train item 16x64 (synth defaults, its DataConfig)", med, rates))
-        full_cfg = DataConfig(**{**out["data_config"], "randaug": True, "erase_prob": 0.25, "random_resized_crop": True})
-        demo_full = build_dataset(full_cfg, "train")
-
-        def demo_full_item(i):
-            demo_full.set_epoch(i)
-            demo_full[i % len(demo_full)]
-
-        med, rates = clips_per_second(demo_full_item, 5 * n, args.repeats)
-        rows.append(("demo train item 16x64 + RRC, RandAugment, erase", med, rates))
+            med, rates = clips_per_second(demo_item, 5 * n, args.repeats)
+            rows.append((name, med, rates))
 
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread, "
           f"torch {torch.__version__}, median of {args.repeats} repeats")

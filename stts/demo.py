@@ -172,14 +172,13 @@ def _pictures(s: DemoSettings, models: dict, dataset, meta: dict, root: Path, ou
         if len(chosen) == s.picture_clips:
             break
     x = torch.stack([dataset[i]["video"] for i in chosen])
+    pixels = [decode_all(dataset.samples[i][0])[0][: x.shape[2]].numpy() for i in chosen]  # (T, H, W, 3) uint8
     written = []
     for name, model in models.items():
         with torch.inference_mode():
             logits, selections = model.eval()(x, return_selections=True)
         clips = []
-        for b, i in enumerate(chosen):
-            frames, _ = decode_all(dataset.samples[i][0])
-            frames = frames[: x.shape[2]].numpy()  # (T, H, W, 3) uint8
+        for b, (i, frames) in enumerate(zip(chosen, pixels)):
             clip = meta["clips"][str(Path(dataset.samples[i][0]).relative_to(root))]
             regions = kept_regions(selections, b, num_frames=x.shape[2], frame_size=tuple(frames.shape[1:3]))
             pred = dataset.classes[int(logits[b].argmax())]
