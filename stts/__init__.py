@@ -18,7 +18,7 @@ from stts.scorer import Scorer
 from stts.selectors import AnchorSelector, Selection, TemporalSelector, TokenSelector, set_sigma
 from stts.topk import hard_topk, linear_sigma_schedule, perturbed_topk
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "perturbed_topk",

@@ -29,11 +29,25 @@ def _command_modules():
             yield importlib.import_module(f"{commands.__name__}.{info.name}")
 
 
+def _version() -> str:
+    """`stts 0.2.0 (torch 2.13.0+cpu)`: the torch build matters as much as ours in a bug report."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import stts
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:  # pragma: no cover - torch is a hard dependency
+        torch_version = "unknown"
+    return f"stts {stts.__version__} (torch {torch_version})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stts",
         description="Spatial-temporal token selection for video transformers.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _command_modules():
         name = getattr(module, "NAME", module.__name__.rsplit(".", 1)[-1].replace("_", "-"))
