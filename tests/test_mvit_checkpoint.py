@@ -115,11 +115,22 @@ def test_shape_mismatch_is_always_an_error(tmp_path):
                           img_size=112)
 
 
-def test_official_pos_embed_is_resampled_to_another_crop(tmp_path):
+def test_official_pos_embed_is_resampled_to_another_clip(tmp_path):
+    """The official 8 x 28 x 28 embeddings loaded into a 6 x 40 x 40 model: bicubic in space, linear in time,
+    as the interpolation formulas of tests/_interpolation.py give them."""
+    from _interpolation import bicubic, linear
+
     path = tmp_path / "dense.pyth"
-    write_pyth(path, official_sd(False), pyslowfast_cfg())
-    model = stts.create_model("mvit_b_16x4", pretrained=str(path), embed_dim=16, num_classes=7, img_size=160)
-    assert model.pos_embed_spatial.shape == (1, 40 * 40, 16)
+    sd = official_sd(False)
+    write_pyth(path, sd, pyslowfast_cfg())
+    model = stts.create_model("mvit_b_16x4", pretrained=str(path), embed_dim=16, num_classes=7, img_size=160,
+                              num_frames=12)
+    spatial, temporal = sd["pos_embed_spatial"], sd["pos_embed_temporal"]  # (1, 28*28, 16), (1, 8, 16)
+    assert spatial.std(1).min() > 0 and temporal.std(1).min() > 0  # the check needs varying embeddings
+    want_spatial = bicubic(spatial.view(28, 28, 16), (40, 40)).reshape(1, 40 * 40, 16)
+    torch.testing.assert_close(model.pos_embed_spatial.detach().double(), want_spatial, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.pos_embed_temporal.detach().double(), linear(temporal[0], 6)[None],
+                               atol=1e-6, rtol=1e-5)
 
 
 def test_config_reading():
