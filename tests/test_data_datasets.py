@@ -161,7 +161,7 @@ def _position_frames(n: int, video: int, height: int = 64, width: int = 192):
     return frames
 
 
-def test_two_temporal_views_of_three_crops(tmp_path):
+def test_three_spatial_crops(tmp_path):
     """2 temporal views x 3 crops of 64 x 192 frames (lossless ffv1): each item's video, frames and crop
     offset are read back from its pixels and compared with the documented view layout: item i is
     video i // 6, view i % 6, temporal view = view // 3, crop = view % 3 (left, centre, right)."""

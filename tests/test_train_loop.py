@@ -3,8 +3,8 @@ test_engine_helpers: gradient accumulation (a batch of 4 in one go), gradient cl
 AdamW loop with hand-clipped gradients), the AMP dtype and autocast, the resumed GradScaler, and the
 TensorBoard event file read back with TensorBoard's own reader.
 
-Every run here switches off what is drawn per process and would differ between the run and its oracle:
-drop path, head dropout, mixup / cutmix; selector noise where a plan is on.
+The runs compared with an oracle are dense (no selector noise) and switch off the rest of what is drawn
+at random during a step, which the oracle could not repeat: drop path, head dropout, mixup / cutmix.
 """
 
 import math
@@ -18,13 +18,10 @@ import stts.engine.train as engine
 from test_engine_helpers import (NUM_CLASSES, TINY_MVIT, checkpoint, load, max_diff, one_thread, records,  # noqa: F401
                                  run_config, synth, weights)
 
-NO_RANDOMNESS = dict(model={"selection": "", "drop_path_rate": 0.0, "head_dropout": 0.0},
-                     data={"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "label_smoothing": 0.1})
-
-
 def _dense_cfg(synth, out, optim=None, train=None) -> dict:
-    """A dense tiny-MViT run without per-process randomness (one epoch of 6 steps of batch 2)."""
-    return run_config(synth, out, model=dict(NO_RANDOMNESS["model"]), data=dict(NO_RANDOMNESS["data"]),
+    """A dense tiny-MViT run without randomness in its steps (one epoch of 6 steps of batch 2)."""
+    return run_config(synth, out, model={"selection": "", "drop_path_rate": 0.0, "head_dropout": 0.0},
+                      data={"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "label_smoothing": 0.1},
                       optim={"scorer_warmup_epochs": 0, **(optim or {})},
                       train={"epochs": 1, "eval_every": 0, "amp": "off", **(train or {})})
 
