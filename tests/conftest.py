@@ -33,8 +33,21 @@ def decode_input(codes: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(params=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 def device(request):
-    """Device to test on; TORCH_DEVICE=cuda forces CUDA only (timm's convention)."""
+    """Device to test on; TORCH_DEVICE=cuda forces CUDA only (timm's convention).
+
+    Tests build their inputs on the CPU and move them, so both devices see the same numbers. On CUDA,
+    TF32 is switched off for the test: the official-fixture tolerances (1e-5) are float32 tolerances.
+    """
     forced = os.environ.get("TORCH_DEVICE")
     if forced and request.param != forced:
         pytest.skip(f"TORCH_DEVICE={forced}")
-    return torch.device(request.param)
+    dev = torch.device(request.param)
+    if dev.type != "cuda":
+        yield dev
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield dev
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

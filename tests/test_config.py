@@ -95,11 +95,7 @@ def test_files_must_exist_for_training_only(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_published_configs_load(name):
-    import stts
-
-    data = yaml.safe_load((CONFIGS / name).read_text())
-    if data["model"]["name"] not in stts.list_models():
-        pytest.skip(f"{data['model']['name']} is not registered in this checkout")
+    """Every shipped config validates; a mistyped model name fails (load_config checks the registry)."""
     cfg = load_config(CONFIGS / name, check_paths=False)
     assert cfg.train.output_dir and cfg.data.train_annotations
 

@@ -3,6 +3,7 @@
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,14 +151,42 @@ def test_test_split_views_and_indices(kinetics):
     assert clip_indices_of(build_dataset(cfg, "val")[1]["video"]) == [28, 30, 32, 34]  # val: 1 centred view
 
 
-def test_three_spatial_crops(kinetics):
-    root, csv, _ = kinetics
-    cfg = DataConfig(root=root, val_annotations=csv, num_frames=2, crop_size=64, test_short_side=96,
-                     num_temporal_views=1, num_spatial_crops=3, **PLAIN)
+def _position_frames(n: int, video: int, height: int = 64, width: int = 192):
+    """uint8 (n, H, W, 3) grey frames that say where they are: rows 0-15 the video (40 or 200), rows 16-31
+    the frame index (8 t + 4), rows 32-63 the column (grey level x)."""
+    frames = np.zeros((n, height, width, 3), np.uint8)
+    frames[:, :16] = 40 if video == 0 else 200
+    frames[:, 16:32] = (8 * np.arange(n) + 4)[:, None, None, None]
+    frames[:, 32:] = np.arange(width)[None, None, :, None]
+    return frames
+
+
+def test_three_spatial_crops(tmp_path):
+    """2 temporal views x 3 crops of 64 x 192 frames (lossless ffv1): each item's video, frames and crop
+    offset are read back from its pixels and compared with the documented view layout: item i is
+    video i // 6, view i % 6, temporal view = view // 3, crop = view % 3 (left, centre, right)."""
+    for v in range(2):
+        write_video(tmp_path / f"{v}.mkv", _position_frames(32, v), codec="ffv1")
+    (tmp_path / "test.csv").write_text("0.mkv 0\n1.mkv 1\n")
+    cfg = DataConfig(root=str(tmp_path), val_annotations=str(tmp_path / "test.csv"), num_classes=2, num_frames=2,
+                     sampling_rate=4, crop_size=64, test_short_side=64, num_temporal_views=2,
+                     num_spatial_crops=3, **PLAIN)
     ds = build_dataset(cfg, "test")
-    crops = [ds[i]["video"] for i in range(3)]
-    assert [ds[i]["view"] for i in range(3)] == [0, 1, 2]
-    assert not torch.equal(crops[0], crops[2])
+    assert len(ds) == 12 and ds.num_views == 6
+    # 32 frames, span 8 -> free 24: temporal view 0 starts at 0, view 1 at 24. Crops of 64 of 192 columns.
+    frames_of = {0: [0, 4], 1: [24, 28]}
+    left_of = {0: 0, 1: 64, 2: 128}
+    for i in range(len(ds)):
+        video, view = divmod(i, 6)
+        temporal, crop = divmod(view, 3)
+        item = ds[i]
+        pixels = (item["video"] * 255).round()  # (C, T, 64, 64) grey levels
+        assert (item["index"], item["view"], item["label"]) == (video, view, video)
+        assert round(pixels[:, :, :16].mean().item()) == (40 if video == 0 else 200), i
+        assert [round((pixels[:, t, 16:32].mean().item() - 4) / 8) for t in range(2)] == frames_of[temporal], i
+        offset = pixels[:, :, 32:].mean(dim=(0, 1, 2)) - torch.arange(64)  # (64,) source column - crop column
+        assert round(offset.median().item()) == left_of[crop], i
+        assert (offset - left_of[crop]).abs().max() <= 2, i  # a plain crop: no resampling
 
 
 def test_eval_bad_items_have_no_video_and_say_why(kinetics, caplog):

@@ -67,8 +67,11 @@ def test_segment_short_video_repeats():
 
 
 def test_sample_indices_dispatch_and_errors():
-    assert sample_indices("segment", 48, 16, 4) == segment_indices(48, 16)
-    assert sample_indices("clip", 300, 16, 4) == clip_indices(300, 16, 4)
+    # By hand, as above: segment centres 3 i + 1 of 16 segments; the centred 16 x 4 clip starts at 118.
+    assert sample_indices("segment", 48, 16, 4) == [3 * i + 1 for i in range(16)]
+    assert sample_indices("clip", 300, 16, 4) == list(range(118, 118 + 64, 4))
+    assert sample_indices("clip", 300, 16, 4, view=4, num_views=5)[0] == 236
+    assert sample_indices("segment", 32, 8, 4, view=1, num_views=2) == [4 * i + 3 for i in range(8)]
     with pytest.raises(ValueError, match="unknown sampling mode 'tsn'"):
         sample_indices("tsn", 48, 16, 4)
     with pytest.raises(ValueError, match="view 5 out of range"):

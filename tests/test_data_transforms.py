@@ -69,6 +69,19 @@ def test_short_side_resize_shapes():
     assert short_side_resize(x.transpose(-1, -2), 224).shape == (2, 3, 299, 224)
 
 
+@pytest.mark.parametrize("size", [80, 200])  # shrink (antialiased) and enlarge
+def test_short_side_resize_matches_pil_bilinear(size):
+    Image = pytest.importorskip("PIL.Image")
+    clip = torch.randint(0, 256, (2, 120, 160, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = short_side_resize(to_float(clip), size)  # (T, 3, H', W') in [0, 1]
+    H, W = out.shape[-2:]
+    assert min(H, W) == size and W == round(160 * size / 120)
+    for t in range(2):
+        ref = np.asarray(Image.fromarray(clip[t].numpy()).resize((W, H), Image.BILINEAR), dtype=np.float64)
+        diff = float(np.abs(out[t].permute(1, 2, 0).numpy() * 255 - ref).max())
+        assert diff <= 1.0, (t, diff)  # grey levels; PIL rounds to uint8
+
+
 def test_hflip_matches_numpy():
     x = coord_clip()
     assert np.array_equal(hflip(x).numpy(), x.numpy()[..., ::-1])
@@ -134,14 +147,17 @@ def test_train_transform_without_augmentation_is_crop_of_input():
 
 
 def test_eval_transform_views():
-    clip = torch.randint(0, 256, (4, 120, 160, 3), dtype=torch.uint8)
+    """Frames already at the short side (no resize): the three crops and the centre crop are slices of
+    the raw pixels, (T, H, W, 3) -> (3, T, S, S), normalised."""
+    clip = torch.randint(0, 256, (4, 80, 107, 3), dtype=torch.uint8)
+    raw = clip.permute(3, 0, 1, 2).double() / 255  # (3, T, H, W)
     views = EvalTransform(64, 80, num_crops=3, mean=(0, 0, 0), std=(1, 1, 1))(clip)
-    assert len(views) == 3 and all(v.shape == (3, 4, 64, 64) for v in views)
-    full = short_side_resize(to_float(clip), 80)  # (4, 3, 80, 107)
-    assert torch.allclose(views[0], full[..., 8:72, 0:64].permute(1, 0, 2, 3))
-    assert torch.allclose(views[2], full[..., 8:72, 43:107].permute(1, 0, 2, 3))
-    (centre,) = EvalTransform(64, 80)(clip)
-    assert centre.shape == (3, 4, 64, 64)
+    assert len(views) == 3
+    for view, left in zip(views, (0, 22, 43)):  # round((107 - 64) * i / 2)
+        torch.testing.assert_close(view.double(), raw[:, :, 8:72, left:left + 64])
+    (centre,) = EvalTransform(64, 80, mean=(0.5, 0.25, 0), std=(0.5, 0.25, 1))(clip)
+    mean, std = torch.tensor([0.5, 0.25, 0]).view(3, 1, 1, 1), torch.tensor([0.5, 0.25, 1]).view(3, 1, 1, 1)
+    torch.testing.assert_close(centre.double(), ((raw - mean) / std)[:, :, 8:72, 22:86], atol=1e-6, rtol=1e-6)
 
 
 # --- RandAugment -------------------------------------------------------------------------------

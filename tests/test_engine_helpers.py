@@ -78,10 +78,17 @@ def records(out_dir, kind: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-def weights(path) -> dict:
-    from stts.checkpoint import extract_state_dict, read_checkpoint
+def checkpoint(path) -> dict:
+    """A training checkpoint written by `train` (last.pt / best.pt), as a dict."""
+    from stts.checkpoint import read_checkpoint
 
-    return extract_state_dict(read_checkpoint(path))
+    return read_checkpoint(path)
+
+
+def weights(path) -> dict:
+    from stts.checkpoint import extract_state_dict
+
+    return extract_state_dict(checkpoint(path))
 
 
 def max_diff(a: dict, b: dict) -> float:

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FIXTURES, decode_input, fixture_state_dict, load_fixture
+from conftest import decode_input, fixture_state_dict, load_fixture
 
 import stts
 from stts.checkpoint import load_state_dict_checked
 from stts.models import list_models, model_entry
-from stts.models.mvit import MViT, _resize_sep_pos_embed, checkpoint_filter_fn, mvit_block_configs
+from stts.models.mvit import MViT, checkpoint_filter_fn, mvit_block_configs
 from stts.models.zoo import ZOO
 from stts.plan import parse_plan
 
@@ -52,24 +52,25 @@ def fixture_model(name: str):
 
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
-def test_fixture_outputs(name):
+def test_fixture_outputs(name, device):
     """Logits, features, every block's token count, and (with a plan) the scores, kept frames, anchors
     and the token tensor after spatial selection, all against the official implementation."""
     model, meta, io = fixture_model(name)
-    x = decode_input(io["input"])
+    model.to(device)
+    x = decode_input(io["input"]).to(device)
     trace, captured = [], {}
     hooks = [b.register_forward_pre_hook(lambda m, a, i=i: trace.append((i, a[0].shape[1], tuple(a[1]))))
              for i, b in enumerate(model.blocks)]
     if "S4" in model.selectors:
-        hooks.append(model.blocks[4].register_forward_pre_hook(lambda m, a: captured.__setitem__("tok", a[0])))
+        hooks.append(model.blocks[4].register_forward_pre_hook(lambda m, a: captured.__setitem__("tok", a[0].cpu())))
         hooks.append(model.selectors["S4"].scorer.register_forward_hook(
-            lambda m, a, out: captured.__setitem__("space_raw", out)))
+            lambda m, a, out: captured.__setitem__("space_raw", out.cpu())))
         hooks.append(model.selectors["T0"].scorer.register_forward_hook(
-            lambda m, a, out: captured.__setitem__("time_raw", out)))
+            lambda m, a, out: captured.__setitem__("time_raw", out.cpu())))
     with torch.inference_mode():
         tokens, kept = model.forward_features(x, return_selections=True)
-        features = model.forward_head(tokens, pre_logits=True)
-        logits = model.forward_head(tokens)
+        features = model.forward_head(tokens, pre_logits=True).cpu()
+        logits = model.forward_head(tokens).cpu()
     for h in hooks:
         h.remove()
     tol = dict(atol=1e-5, rtol=1e-5)
@@ -82,11 +83,11 @@ def test_fixture_outputs(name):
         return
     B, Tk = io["space_anchor_indices"].shape
     torch.testing.assert_close(captured["time_raw"], io["time_raw_scores"], **tol)
-    torch.testing.assert_close(kept["T0"].scores, io["time_normalized_scores"], **tol)
-    assert torch.equal(kept["T0"].indices, io["time_indices"])
+    torch.testing.assert_close(kept["T0"].scores.cpu(), io["time_normalized_scores"], **tol)
+    assert torch.equal(kept["T0"].indices.cpu(), io["time_indices"])
     torch.testing.assert_close(captured["space_raw"].view(B, Tk, -1), io["space_token_raw_scores"], **tol)
-    torch.testing.assert_close(kept["S4"].scores, io["space_anchor_normalized_scores"], **tol)
-    assert torch.equal(kept["S4"].indices, io["space_anchor_indices"])
+    torch.testing.assert_close(kept["S4"].scores.cpu(), io["space_anchor_normalized_scores"], **tol)
+    assert torch.equal(kept["S4"].indices.cpu(), io["space_anchor_indices"])
     top_left = kept["S4"].boxes[..., :2].tolist()
     assert top_left == meta["token_selection"]["spatial"]["selected_anchor_top_left"]
     torch.testing.assert_close(captured["tok"], io["tokens_after_space_selection"], **tol)
@@ -136,15 +137,26 @@ def test_full_size_mvit_b_structure():
 # ---------------------------------------------------------------------------------------------------
 
 
+# PAPER.md's zoo table: plan with the official configs' exact ratios, top-1, README and official-code GFLOPs.
+PAPER_ZOO = {
+    "mvit_b_16x4_stts_t0.9_s0.9": ("T0_0.875-S4_0.863", 78.1, 56.4, 56.39),
+    "mvit_b_16x4_stts_t0.8_s0.9": ("T0_0.75-S4_0.863", 77.9, 47.2, 47.21),
+    "mvit_b_16x4_stts_t0.6_s0.9": ("T0_0.625-S4_0.863", 77.5, 38.1, 38.46),
+    "mvit_b_16x4_stts_t0.5_s0.7": ("T0_0.5-S4_0.7367", 76.6, 23.3, 26.95),
+    "mvit_b_16x4_stts_t0.4_s0.6": ("T0_0.375-S4_0.6174", 75.6, 12.1, 18.46),
+}
+
+
 def test_registry_lists_the_published_models():
     names = list_models("mvit*")
-    assert {"mvit_b_16x4", "mvit_b_32x3", *PUBLISHED} <= set(names)
-    for name in PUBLISHED:
+    assert {"mvit_b_16x4", "mvit_b_32x3", *PUBLISHED} <= set(names) and set(PAPER_ZOO) == set(PUBLISHED)
+    for name, (plan, top1, readme, official) in PAPER_ZOO.items():
         entry = model_entry(name)
-        assert entry.plan == ZOO[name].plan
-        assert entry.plan_settings == dict(num_samples=500, sigma=0.1, jacobian="diagonal")
-        assert entry.meta["official_gflops"] == ZOO[name].official_gflops
-        assert entry.meta["readme_gflops"] == ZOO[name].readme_gflops
+        assert entry.plan == plan
+        assert entry.plan_settings == dict(num_samples=500, sigma=0.1, jacobian="diagonal")  # sigma 0.1, authors' estimator
+        assert entry.meta["top1"] == top1 and entry.meta["readme_gflops"] == readme
+        assert entry.meta["official_gflops"] == pytest.approx(official, abs=0.005)
+    assert model_entry("mvit_b_16x4").meta["top1"] == 78.4
 
 
 @pytest.mark.parametrize("name,frames,anchor", [(n, f, a) for n, f, a in zip(PUBLISHED, [7, 6, 5, 4, 3],
@@ -211,9 +223,10 @@ def test_small_model_any_plan_runs_and_records():
     assert kept["S1"].thw_in == (2, 16, 16) and kept["S3"].thw_in == (2, 4, 4)
 
 
-def test_class_token_passes_through_selection_unchanged():
+def test_class_token_passes_through_selection_unchanged(device):
     model, meta, io = fixture_model("mvit_small_t0_0.5_s4_0.7")
-    x = decode_input(io["input"])
+    model.to(device)
+    x = decode_input(io["input"]).to(device)
     seen = {}
     model.selectors["S4"].register_forward_pre_hook(lambda m, a: seen.__setitem__("in", a[0]))
     model.blocks[4].register_forward_pre_hook(lambda m, a: seen.__setitem__("out", a[0]))
@@ -227,16 +240,50 @@ def test_class_token_passes_through_selection_unchanged():
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_pos_embed_resampling():
-    spatial, temporal = torch.randn(1, 16, 8), torch.randn(1, 4, 8)
-    same = _resize_sep_pos_embed(spatial, temporal, (4, 4, 4), (4, 4, 4))
-    assert torch.equal(same[0], spatial) and torch.equal(same[1], temporal)
-    s2, t2 = _resize_sep_pos_embed(spatial, temporal, (4, 4, 4), (2, 8, 8))
-    assert s2.shape == (1, 64, 8) and t2.shape == (1, 2, 8)
-    # A constant embedding stays constant (interpolation is a weighted average).
-    s3, t3 = _resize_sep_pos_embed(torch.ones(1, 16, 8), torch.ones(1, 4, 8), (4, 4, 4), (8, 6, 6))
-    torch.testing.assert_close(s3, torch.ones(1, 36, 8))
-    torch.testing.assert_close(t3, torch.ones(1, 8, 8))
+def _tokens_entering_block0(model, x):
+    """What block 0 receives: (B, P + N, C). The caller zeroes the patch embedding, so the grid tokens are
+    the position embedding alone."""
+    seen = {}
+    hook = model.blocks[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0]))
+    with torch.inference_mode():
+        model(x)
+    hook.remove()
+    return seen["x"]
+
+
+@pytest.mark.parametrize("sep", [True, False])
+def test_pos_embed_resampled_to_another_clip(sep, device):
+    """Random (non-constant) embeddings of a 4x8x12 grid meet a 6x12x10 clip: separate embeddings are
+    resampled bicubic in space and linear in time, a joint one trilinear, as the interpolation formulas
+    of tests/_interpolation.py give them; the class token keeps its own."""
+    from _interpolation import bicubic, linear, trilinear
+
+    torch.manual_seed(0)
+    C = 8
+    model = stts.create_model("mvit_b_16x4", embed_dim=C, depth=2, num_heads=1, dim_mul=[[1, 2.0]],
+                              head_mul=[[1, 2.0]], pool_q_stride=[[1, 1, 2, 2]], pool_kv_stride_adaptive=[1, 4, 4],
+                              img_size=(32, 48), num_frames=8, num_classes=3, sep_pos_embed=sep).eval()
+    assert model.patch_grid == (4, 8, 12)
+    with torch.no_grad():
+        model.patch_embed.proj.weight.zero_()
+        model.patch_embed.proj.bias.zero_()
+        for name, p in model.named_parameters():
+            if name == "cls_token" or name.startswith("pos_embed"):
+                p.normal_()
+    x = torch.randn(1, 3, 12, 48, 40)  # -> a 6 x 12 x 10 token grid
+    tokens = _tokens_entering_block0(model.to(device), x.to(device)).cpu().double()
+    if sep:
+        spatial = bicubic(model.pos_embed_spatial.detach().cpu().view(8, 12, C), (12, 10))  # (H, W, C)
+        temporal = linear(model.pos_embed_temporal.detach().cpu().view(4, C), 6)  # (T, C)
+        expected = (temporal[:, None, None] + spatial[None]).reshape(6 * 12 * 10, C)  # (t, h, w) raster order
+        cls = model.cls_token + model.pos_embed_class
+    else:
+        pos = model.pos_embed.detach().cpu()[0]  # (1 + 4*8*12, C)
+        expected = trilinear(pos[1:].view(4, 8, 12, C), (6, 12, 10)).reshape(-1, C)
+        cls = model.cls_token + pos[:1]
+    assert tokens.shape == (1, 1 + 6 * 12 * 10, C)
+    torch.testing.assert_close(tokens[0, 1:], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tokens[0, 0], cls.detach().cpu().double().view(C), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("sep", [True, False])
@@ -280,13 +327,6 @@ def test_mean_pooled_variant_without_class_token():
     assert model.cls_token is None and model.num_prefix_tokens == 0
     with torch.inference_mode():
         assert model(torch.randn(2, 3, 8, 64, 64)).shape == (2, 3)
-
-
-def test_fixture_json_is_readable():
-    # The fixtures describe the official MViT; a sanity check that the test's oracle is the right file.
-    meta = json.loads((FIXTURES / "mvit_small_dense.json").read_text())
-    assert meta["architecture"]["layernorm_eps"]["norm"] == 1e-6
-    assert parse_plan(fixture_plan(load_fixture("mvit_small_t0_0.5_s4_0.7")[0])).specs[1].ratio == 0.7367
 
 
 def test_inference_fast_path_matches_the_autograd_path():

@@ -42,46 +42,48 @@ def official_sd(with_scorers: bool) -> dict:
     return sd if with_scorers else {k: v for k, v in sd.items() if "score_predictor" not in k}
 
 
-def logits_of(model, name):
+def logits_of(model, name, device="cpu"):
+    """(the model's logits on the fixture's input, run on `device`; the official logits), on the CPU."""
     _, io = load_fixture(name)
     with torch.inference_mode():
-        return model.eval()(decode_input(io["input"])), io["logits"]
+        return model.eval().to(device)(decode_input(io["input"]).to(device)).cpu(), io["logits"]
 
 
-def test_load_model_rebuilds_an_official_stts_checkpoint(tmp_path):
+def test_load_model_rebuilds_an_official_stts_checkpoint(tmp_path, device):
     path = tmp_path / "t0_0.5_s4_0.7.pyth"
     write_pyth(path, official_sd(True), pyslowfast_cfg(time_loc=[0], space_loc=[4]))
     model = stts.load_model(path)
     assert str(model.plan) == "T0_0.5-S4_0.7367"
     assert all(s.sigma == 0.1 and s.jacobian == "diagonal" for s in model.selectors.values())
-    got, want = logits_of(model, "mvit_small_t0_0.5_s4_0.7")
+    got, want = logits_of(model, "mvit_small_t0_0.5_s4_0.7", device)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    model.cpu()
     # ... and saved again in stts's format (torch file or safetensors), it comes back the same.
     for name in ("again.pt", "again.safetensors"):
         stts.save_model(model, tmp_path / name)
         again = stts.load_model(tmp_path / name)
         assert str(again.plan) == str(model.plan) and again.selectors["T0"].jacobian == "diagonal"
-        torch.testing.assert_close(logits_of(again, "mvit_small_t0_0.5_s4_0.7")[0], got, atol=0, rtol=0)
+        torch.testing.assert_close(logits_of(again, "mvit_small_t0_0.5_s4_0.7", device)[0], got, atol=0, rtol=0)
     with pytest.raises(ValueError, match="safetensors"):
         stts.save_model(model, tmp_path / "x.safetensors", epoch=3)
 
 
-def test_load_model_rebuilds_an_official_dense_checkpoint(tmp_path):
+def test_load_model_rebuilds_an_official_dense_checkpoint(tmp_path, device):
     path = tmp_path / "dense.pyth"
     write_pyth(path, {f"module.{k}": v for k, v in official_sd(False).items()}, pyslowfast_cfg())  # DDP prefix
     model = stts.load_model(path)
     assert len(model.selectors) == 0
-    got, want = logits_of(model, "mvit_small_dense")
+    got, want = logits_of(model, "mvit_small_dense", device)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_pretrained_official_weights_through_create_model(tmp_path):
+def test_pretrained_official_weights_through_create_model(tmp_path, device):
     path = tmp_path / "ckpt.pyth"
     write_pyth(path, official_sd(True), pyslowfast_cfg(time_loc=[0], space_loc=[4], time_ratio=[0.375],
                                                         space_ratio=[0.2]))
     model = stts.create_model("mvit_b_16x4", pretrained=str(path), selection="T0_0.375-S4_0.2", embed_dim=16,
                               num_classes=7, img_size=112)
-    got, want = logits_of(model, "mvit_small_t0_0.375_s4_0.2")
+    got, want = logits_of(model, "mvit_small_t0_0.375_s4_0.2", device)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -115,11 +117,22 @@ def test_shape_mismatch_is_always_an_error(tmp_path):
                           img_size=112)
 
 
-def test_official_pos_embed_is_resampled_to_another_crop(tmp_path):
+def test_official_pos_embed_is_resampled_to_another_clip(tmp_path):
+    """The official 8 x 28 x 28 embeddings loaded into a 6 x 40 x 40 model: bicubic in space, linear in time,
+    as the interpolation formulas of tests/_interpolation.py give them."""
+    from _interpolation import bicubic, linear
+
     path = tmp_path / "dense.pyth"
-    write_pyth(path, official_sd(False), pyslowfast_cfg())
-    model = stts.create_model("mvit_b_16x4", pretrained=str(path), embed_dim=16, num_classes=7, img_size=160)
-    assert model.pos_embed_spatial.shape == (1, 40 * 40, 16)
+    sd = official_sd(False)
+    write_pyth(path, sd, pyslowfast_cfg())
+    model = stts.create_model("mvit_b_16x4", pretrained=str(path), embed_dim=16, num_classes=7, img_size=160,
+                              num_frames=12)
+    spatial, temporal = sd["pos_embed_spatial"], sd["pos_embed_temporal"]  # (1, 28*28, 16), (1, 8, 16)
+    assert spatial.std(1).min() > 0 and temporal.std(1).min() > 0  # the check needs varying embeddings
+    want_spatial = bicubic(spatial.view(28, 28, 16), (40, 40)).reshape(1, 40 * 40, 16)
+    torch.testing.assert_close(model.pos_embed_spatial.detach().double(), want_spatial, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.pos_embed_temporal.detach().double(), linear(temporal[0], 6)[None],
+                               atol=1e-6, rtol=1e-5)
 
 
 def test_config_reading():

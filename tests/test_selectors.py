@@ -6,13 +6,21 @@ import torch.nn.functional as F
 
 from conftest import decode_input, fixture_state_dict, load_fixture
 from stts.scorer import Scorer, minmax_normalize
-from stts.selectors import AnchorSelector, TemporalSelector, TokenSelector, set_sigma
+from stts.selectors import AnchorSelector, Selection, TemporalSelector, TokenSelector, set_sigma
 
 
 def with_cls(x_grid):
     """(B, T*H*W, C) -> (B, 1 + T*H*W, C) with a recognisable class token."""
     B, _, C = x_grid.shape
     return torch.cat([torch.full((B, 1, C), 7.0), x_grid], dim=1)
+
+
+def on_device(sel, device, x, thw):
+    """Eval selection run on `device` from CPU inputs; outputs back on the CPU, the selector too."""
+    out, new_thw, kept = sel.to(device)(x.to(device), thw, return_selection=True)
+    sel.cpu()
+    boxes = None if kept.boxes is None else kept.boxes.cpu()
+    return out.cpu(), new_thw, Selection(kept.kind, kept.thw_in, kept.indices.cpu(), kept.scores.cpu(), boxes)
 
 
 def naive_onehot_indicator(scores, k, sigma, S, seed):
@@ -40,12 +48,12 @@ def naive_frame_scores(scorer, x, T, HW):
                                                        - raw.min(1, keepdim=True).values + 1e-5)
 
 
-def test_temporal_eval_is_hard_gather_in_order():
+def test_temporal_eval_is_hard_gather_in_order(device):
     torch.manual_seed(0)
     B, T, H, W, C = 3, 8, 3, 4, 16
     sel = TemporalSelector(C, ratio=0.5).eval()
     grid = torch.randn(B, T * H * W, C)
-    out, thw, kept = sel(with_cls(grid), (T, H, W), return_selection=True)
+    out, thw, kept = on_device(sel, device, with_cls(grid), (T, H, W))
     assert thw == (4, H, W) and out.shape == (B, 1 + 4 * H * W, C)
     assert torch.all(out[:, 0] == 7.0)  # class token untouched, first
     with torch.no_grad():
@@ -73,7 +81,7 @@ def test_temporal_training_is_soft_combination():
     assert thw == (3, H, W)
 
 
-def test_temporal_official_fixture():
+def test_temporal_official_fixture(device):
     """Scorer, normalisation and kept frames against the official MViT before block 0."""
     meta, io = load_fixture("mvit_small_t0_0.5_s4_0.7")
     sd = fixture_state_dict("mvit_small")
@@ -91,7 +99,7 @@ def test_temporal_official_fixture():
     sel.scorer.load_state_dict({k[len(prefix):].replace("in_conv", "embed").replace("out_conv", "head"): v
                                 for k, v in sd.items() if k.startswith(prefix)})
     with torch.no_grad():
-        out, thw, kept = sel(x_in, (T, H, W), return_selection=True)
+        out, thw, kept = on_device(sel, device, x_in, (T, H, W))
         raw = sel.scorer(torch.cat([x_in[:, 1:].view(B, T, H * W, C).mean(2),
                                     x_in[:, 1:].view(B, T, H * W, C).amax(2)], -1))
     torch.testing.assert_close(raw, io["time_raw_scores"], atol=1e-5, rtol=1e-5)
@@ -130,14 +138,14 @@ def naive_anchor_pick(token_scores, H, W, a, s):
 
 
 @pytest.mark.parametrize("H,W,ratio,stride", [(7, 7, 0.2, None), (6, 6, 0.7, None), (6, 8, None, 2)])
-def test_anchor_eval_matches_naive_windows(H, W, ratio, stride):
+def test_anchor_eval_matches_naive_windows(H, W, ratio, stride, device):
     torch.manual_seed(0)
     B, T, C = 2, 3, 8
     kwargs = dict(ratio=ratio) if ratio else dict(anchor_size=3, stride=stride)
     sel = AnchorSelector(C, **kwargs).eval()
     a, s = sel.geometry(H, W)
     grid = torch.randn(B, T * H * W, C)
-    out, thw, kept = sel(with_cls(grid), (T, H, W), return_selection=True)
+    out, thw, kept = on_device(sel, device, with_cls(grid), (T, H, W))
     assert thw == (T, a, a) and out.shape == (B, 1 + T * a * a, C)
     assert torch.all(out[:, 0] == 7.0)
     cols = (W - a) // s + 1
@@ -184,7 +192,7 @@ def test_anchor_too_large_is_an_error():
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_token_eval_and_training():
+def test_token_eval_and_training(device):
     torch.manual_seed(0)
     B, T, H, W, C = 2, 2, 3, 3, 8
     sel = TokenSelector(C, ratio=0.5, num_samples=25, sigma=0.2)
@@ -192,7 +200,7 @@ def test_token_eval_and_training():
     with torch.no_grad():
         scores = minmax_normalize(sel.scorer(grid))
     sel.eval()
-    out, thw, kept = sel(with_cls(grid), (T, H, W), return_selection=True)
+    out, thw, kept = on_device(sel, device, with_cls(grid), (T, H, W))
     k = int(18 * 0.5)
     assert thw == (1, 1, k) and out.shape == (B, 1 + k, C)
     for b in range(B):

@@ -16,7 +16,6 @@ from stts.models.swin3d import (
     attention_mask,
     checkpoint_filter_fn,
     relative_position_index,
-    shifted_window_attention_3d,
     stage_window,
     window_order,
 )
@@ -43,47 +42,47 @@ def fixture_model(name: str, **kwargs) -> SwinTransformer3d:
 
 
 @pytest.mark.parametrize("name", list(FIXTURE_PLANS))
-def test_official_fixture(name):
+def test_official_fixture(name, device):
     meta, io = load_fixture(name)
-    model = fixture_model(name)
-    x = decode_input(io["input"])
+    model = fixture_model(name).to(device)
+    x = decode_input(io["input"]).to(device)
     with torch.inference_mode():
         feats, kept = model.forward_features(x, return_selections=True)
         pooled = model.forward_head(feats, pre_logits=True)
         logits = model.forward_head(feats)
     tol = dict(atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(feats.permute(0, 4, 1, 2, 3), io["backbone_features"], **tol)  # (B, C, T, H, W)
-    torch.testing.assert_close(pooled, io["features"], **tol)
-    torch.testing.assert_close(logits, io["logits"], **tol)
+    torch.testing.assert_close(feats.permute(0, 4, 1, 2, 3).cpu(), io["backbone_features"], **tol)  # (B, C, T, H, W)
+    torch.testing.assert_close(pooled.cpu(), io["features"], **tol)
+    torch.testing.assert_close(logits.cpu(), io["logits"], **tol)
     if FIXTURE_PLANS[name]:
-        assert torch.equal(kept["T0"].indices, io["time_indices"])
-        torch.testing.assert_close(kept["T0"].scores, io["time_normalized_scores"], **tol)
+        assert torch.equal(kept["T0"].indices.cpu(), io["time_indices"])
+        torch.testing.assert_close(kept["T0"].scores.cpu(), io["time_normalized_scores"], **tol)
         sel = model.selectors["T0"]
         tokens = model.patch_embed(x)  # (B, T, H, W, C)
         frames = tokens.flatten(2, 3)  # (B, T, H*W, C)
         with torch.no_grad():
             raw = sel.scorer(torch.cat([frames.mean(2), frames.amax(2)], -1))
-        torch.testing.assert_close(raw, io["time_raw_scores"], **tol)
+        torch.testing.assert_close(raw.cpu(), io["time_raw_scores"], **tol)
     else:
         assert kept == {}
 
 
-def test_batch_of_one_matches_batch():
+def test_batch_of_one_matches_batch(device):
     """B == 1 takes another attention layout for masked windows than B > 1."""
     _, io = load_fixture("swin_small_32f_t0_0.5625")
-    model = fixture_model("swin_small_32f_t0_0.5625")
-    x = decode_input(io["input"])
+    model = fixture_model("swin_small_32f_t0_0.5625").to(device)
+    x = decode_input(io["input"]).to(device)
     with torch.inference_mode():
         one = torch.cat([model(x[i:i + 1]) for i in range(x.shape[0])])
-    torch.testing.assert_close(one, io["logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one.cpu(), io["logits"], atol=1e-5, rtol=1e-5)
 
 
-def test_true_index_differs_where_the_quirk_applies():
+def test_true_index_differs_where_the_quirk_applies(device):
     """The official `index[:N, :N]` is only wrong for spatially shrunk windows (README: ~4e-2 here)."""
     _, io = load_fixture("swin_small_dense")
-    model = fixture_model("swin_small_dense", faithful=False)
+    model = fixture_model("swin_small_dense", faithful=False).to(device)
     with torch.inference_mode():
-        diff = (model(decode_input(io["input"])) - io["logits"]).abs().max()
+        diff = (model(decode_input(io["input"]).to(device)).cpu() - io["logits"]).abs().max()
     assert 1e-3 < diff < 1.0
     # Shrunk in time only (T is the outer axis): both indices coincide; shrunk in space they do not.
     full = (8, 7, 7)
@@ -253,18 +252,48 @@ def test_selection_protocol_and_anchor_rules():
         stts.patch(meta_model("swin3d_t"), "T0_0.01")
 
 
-def test_temporal_and_anchor_selection_eval():
+def perturb_(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> None:
+    """Move every parameter away from its init (zero biases, unit norms) so that a wrong gather shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+@pytest.mark.parametrize("plan,anchors,out_thw", [
+    ("T0_0.5-S1_a4", {"S1": (4, 2)}, (4, 4, 4)),  # 8 -> 4 frames; a 4x4 anchor of the 8x8 map, stride 2
+    ("S0_a4-T1_0.5", {"S0": (4, 6)}, (4, 2, 2)),  # a 4x4 anchor of 16x16 (stride 6), merged to 2x2; 8 -> 4
+])
+def test_selection_eval_matches_naive_gathers(plan, anchors, out_thw, device):
+    """Eval selection in the real model equals scoring and gathering by hand (tests/_selection_oracle.py)
+    the token map that enters each selector: the patch embedding, then the stages before it."""
+    from _selection_oracle import naive_anchor, naive_temporal
+
     torch.manual_seed(0)
     model = SwinTransformer3d(num_classes=5, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=(4, 4, 4),
                               num_frames=16, img_size=64)
-    stts.patch(model, "T0_0.5-S1_a4")  # 8 -> 4 frames; 8x8 map before stage 1 -> one 4x4 anchor per frame
+    stts.patch(model, plan)
+    perturb_(model)
     model.eval()
     x = torch.randn(2, 3, 16, 64, 64)
     with torch.inference_mode():
-        feats, kept = model.forward_features(x, return_selections=True)
-    assert feats.shape == (2, 4, 4, 4, 32)
-    assert kept["T0"].indices.shape == (2, 4) and kept["S1"].boxes.shape == (2, 4, 4)
-    assert (kept["S1"].boxes[..., 2:] == 4).all()
+        feats, kept = model.to(device).forward_features(x.to(device), return_selections=True)
+        logits = model.forward_head(feats)
+    model.cpu()
+    with torch.no_grad():
+        z = model.patch_embed(x)  # (B, T, H, W, C)
+        for i, stage in enumerate(model.layers):
+            for name, sel in model.selectors.items():
+                if sel.before == i and sel.kind == "temporal":
+                    z = naive_temporal(z, sel, kept[name], kept[name].indices.shape[1])
+                elif sel.before == i:
+                    z = naive_anchor(z, sel, kept[name], *anchors[name])
+            z = stage(z)
+        ref_feats = model.norm(z)
+        ref_logits = model.head(ref_feats.mean(dim=(1, 2, 3)))
+    assert feats.shape == (2, *out_thw, 32)
+    torch.testing.assert_close(feats.cpu(), ref_feats, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits.cpu(), ref_logits, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("temporal_window", ["pad", "fit"])
@@ -307,7 +336,7 @@ def test_registry_entries():
         model.set_window_mode(temporal_window="crop")
 
 
-def test_mmaction_checkpoint_loads(tmp_path):
+def test_mmaction_checkpoint_loads(tmp_path, device):
     """An mmaction file: `state_dict`, backbone./cls_head. prefixes, relative_position_index buffers."""
     _, io = load_fixture("swin_small_32f_t0_0.5625")
     sd = dict(fixture_state_dict("swin_small"))
@@ -317,9 +346,10 @@ def test_mmaction_checkpoint_loads(tmp_path):
                                                                                                       (8, 7, 7))
     path = tmp_path / "swin_mmaction.pth"
     torch.save({"meta": {"epoch": 30}, "state_dict": sd}, path)
-    model = stts.create_model("swin3d_t", selection="T0_0.5625", pretrained=str(path), **SMALL).eval()
+    model = stts.create_model("swin3d_t", selection="T0_0.5625", pretrained=str(path), **SMALL).eval().to(device)
     with torch.inference_mode():
-        torch.testing.assert_close(model(decode_input(io["input"])), io["logits"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(decode_input(io["input"]).to(device)).cpu(), io["logits"], atol=1e-5,
+                                   rtol=1e-5)
     # A wrong index (another window size) is refused with the key named.
     sd["backbone.layers.0.blocks.0.attn.relative_position_index"] = relative_position_index((2, 7, 7), (2, 7, 7))
     torch.save({"state_dict": sd}, path)
@@ -333,17 +363,61 @@ def test_mmaction_checkpoint_loads(tmp_path):
     stts.create_model("swin3d_t", selection="T0_0.5625", pretrained=str(path), strict=False, **SMALL)
 
 
-def test_functional_attention_matches_module():
-    """shifted_window_attention_3d is what the module runs (the functional core stays callable)."""
+def naive_shifted_window_attention(x, attn, window, shift):
+    """Window attention written out: torch.roll by -shift, loop over windows, bias looked up from each
+    token pair's relative offset, tokens the roll wrapped around kept apart (-100), roll back.
+    x: (B, T, H, W, C) whose sizes are multiples of `window`."""
+    B, T, H, W, C = x.shape
+    nh = attn.num_heads
+    hd = C // nh
+    Wd, Wh, Ww = attn.window  # the bias table's window
+    size = (T, H, W)
+    rolled = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+    out = torch.zeros_like(x)
+    for t0 in range(0, T, window[0]):
+        for h0 in range(0, H, window[1]):
+            for w0 in range(0, W, window[2]):
+                coords = [(t, h, w) for t in range(t0, t0 + window[0]) for h in range(h0, h0 + window[1])
+                          for w in range(w0, w0 + window[2])]
+                n = len(coords)
+                tokens = torch.stack([rolled[:, t, h, w] for t, h, w in coords], 1)  # (B, n, C)
+                q, k, v = attn.qkv(tokens).view(B, n, 3, nh, hd).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, n, hd)
+                bias = torch.empty(nh, n, n)
+                mask = torch.zeros(n, n)
+                for i, a in enumerate(coords):
+                    for j, b in enumerate(coords):
+                        row = (a[0] - b[0] + Wd - 1) * (2 * Wh - 1) * (2 * Ww - 1) + (a[1] - b[1] + Wh - 1) * (2 * Ww - 1) \
+                            + (a[2] - b[2] + Ww - 1)
+                        bias[:, i, j] = attn.relative_position_bias_table[row]
+                        wrapped = [c >= p - s if s else False for c, p, s in zip(a, size, shift)]
+                        if wrapped != [c >= p - s if s else False for c, p, s in zip(b, size, shift)]:
+                            mask[i, j] = -100.0
+                weights = (q @ k.transpose(-2, -1) / math.sqrt(hd) + bias + mask).softmax(-1)
+                y = attn.proj((weights @ v).transpose(1, 2).reshape(B, n, C))
+                for i, (t, h, w) in enumerate(coords):
+                    out[:, t, h, w] = y[:, i]
+    return torch.roll(out, shifts=tuple(shift), dims=(1, 2, 3))
+
+
+def test_stage_matches_naive_shifted_windows(device):
+    """A stage of an unshifted and a shifted block (4x6x6 map, 2x3x3 windows, shift 1x1x1) against the
+    blocks written out with naive_shifted_window_attention (not the functional op the module calls)."""
     torch.manual_seed(0)
     model = SwinTransformer3d(num_classes=0, embed_dim=8, depths=(2,), num_heads=(2,), window_size=(2, 3, 3))
-    attn = model.layers[0].blocks[1].attn
-    x = torch.randn(1, 4, 6, 6, 8)
-    _, shifted = model.layers[0].geometry((4, 6, 6), x.device)
-    out = shifted_window_attention_3d(x, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias,
-                                      attn.position_bias(shifted.index), 2, shifted.window, shifted.order,
-                                      shifted.restore, shifted.pad, shifted.mask)
-    torch.testing.assert_close(out, attn(x, shifted))
+    perturb_(model, std=0.5)
+    model.eval()
+    stage = model.layers[0]
+    assert [b.shifted for b in stage.blocks] == [False, True]
+    x = torch.randn(2, 4, 6, 6, 8)
+    with torch.no_grad():
+        got = stage.to(device)(x.to(device)).cpu()
+        stage.cpu()
+        ref = x
+        for blk in stage.blocks:
+            ref = ref + naive_shifted_window_attention(blk.norm1(ref), blk.attn, (2, 3, 3),
+                                                       (1, 1, 1) if blk.shifted else (0, 0, 0))
+            ref = ref + blk.mlp(blk.norm2(ref))
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -11,8 +11,6 @@ import stts
 from stts.measure import TensorMemoryTracker
 from stts.topk import hard_topk, linear_sigma_schedule, perturbed_topk
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
 
 # ---------------------------------------------------------------------------------------------------
 # Naive reference: the published algorithm written out with materialised one-hots (tiny sizes only).
@@ -56,7 +54,6 @@ def run(scores, k, sigma, seed, G, jacobian, num_samples, device="cpu"):
     return P.detach(), s.grad
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("B,N,k", [(3, 8, 4), (2, 9, 1), (2, 6, 6), (4, 12, 5)])
 @pytest.mark.parametrize("jacobian", ["full", "diagonal"])
 def test_matches_naive_reference(device, B, N, k, jacobian):
@@ -176,8 +173,10 @@ def test_sigma_zero_is_hard_topk_with_zero_gradient():
     torch.manual_seed(0)
     s = torch.randn(4, 10, requires_grad=True)
     P = perturbed_topk(s, 3, sigma=0.0)
-    idx = hard_topk(s.detach(), 3)
-    ref = torch.zeros(4, 3, 10).scatter_(2, idx[:, :, None], 1.0)
+    ref = torch.zeros(4, 3, 10)
+    for b in range(4):  # one-hots of the 3 best, in index order (Python sorting)
+        for slot, i in enumerate(sorted(sorted(range(10), key=lambda i: -s[b, i].item())[:3])):
+            ref[b, slot, i] = 1.0
     torch.testing.assert_close(P, ref)
     P.backward(torch.randn(4, 3, 10))
     assert torch.all(s.grad == 0)
@@ -209,7 +208,6 @@ def test_generator_reproducible():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("jacobian", ["full", "diagonal"])
 def test_low_precision_accumulates_in_float32(device, dtype, jacobian):

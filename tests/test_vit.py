@@ -41,15 +41,15 @@ def hf_videomae(patch_size=8, use_mean_pooling=True, qv_bias=True):
 
 @pytest.mark.parametrize("patch_size,use_mean_pooling,qv_bias", [(8, True, True), (16, True, True),
                                                                    (8, False, True), (8, True, False)])
-def test_videomae_logits_match_transformers(patch_size, use_mean_pooling, qv_bias):
+def test_videomae_logits_match_transformers(patch_size, use_mean_pooling, qv_bias, device):
     from stts.models.hf import vit_from_videomae
 
     hf = hf_videomae(patch_size, use_mean_pooling, qv_bias)
-    model = vit_from_videomae(hf).eval()
+    model = vit_from_videomae(hf).eval().to(device)
     x = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected = hf(pixel_values=x.transpose(1, 2)).logits  # transformers takes (B, T, C, H, W)
-        torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=1e-4)
+        expected = hf(pixel_values=x.transpose(1, 2)).logits  # transformers takes (B, T, C, H, W), on the CPU
+        torch.testing.assert_close(model(x.to(device)).cpu(), expected, atol=1e-4, rtol=1e-4)
     assert model.blocks[0].norm1.eps == hf.config.layer_norm_eps
     assert (model.blocks[0].attn.qkv.bias is not None) == qv_bias
 
@@ -77,13 +77,16 @@ def test_videomae_folder_and_pretrained_file(tmp_path):
         assert "T0" in sel.selectors and sel.head.out_features == 3
 
 
-def test_sincos_table_matches_videomae_formula():
+def videomae_sincos(n: int, d: int) -> torch.Tensor:
     """VideoMAE's numpy definition, written out: angle = pos / 10000^(2*(j//2)/d), sin even, cos odd."""
-    n, d = 10, 12
     angles = np.array([[p / np.power(10000, 2 * (j // 2) / d) for j in range(d)] for p in range(n)])
     angles[:, 0::2] = np.sin(angles[:, 0::2])
     angles[:, 1::2] = np.cos(angles[:, 1::2])
-    torch.testing.assert_close(sincos_table(n, d), torch.tensor(angles, dtype=torch.float32)[None])
+    return torch.tensor(angles, dtype=torch.float32)  # (n, d)
+
+
+def test_sincos_table_matches_videomae_formula():
+    torch.testing.assert_close(sincos_table(10, 12), videomae_sincos(10, 12)[None])
 
 
 def test_official_videomae_q_v_bias_keys():
@@ -150,16 +153,55 @@ def test_registered_vit_flops_match_videomae_paper(name, gflops):
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("plan,kept_tokens", [("T0_0.5", 32), ("K2_0.5", 32), ("S0_0.5", 16), ("T0_0.5-S1_0.5", 8)])
-def test_selection_plans_eval(plan, kept_tokens):
+def naive_vit_forward(model, x, kept, anchors):
+    """The model's blocks with selection done by hand (tests/_selection_oracle.py) on the tokens entering
+    each selector: -> (features after the final norm, logits). anchors: {name: (size, stride)}."""
+    from _selection_oracle import naive_anchor, naive_temporal, naive_tokens
+
+    tokens, thw = model.patch_embed(x)  # (B, N, C), grid (T, H, W)
+    B, _, C = tokens.shape
+    P = model.num_prefix_tokens
+    prefix = (model.cls_token + model.pos_embed[:, :P]).expand(B, -1, -1)  # (B, P, C)
+    z = torch.cat([prefix, tokens + model.pos_embed[:, P:]], 1)
+    for i, blk in enumerate(model.blocks):
+        for name, sel in model.selectors.items():
+            if sel.before != i:
+                continue
+            prefix, grid = z[:, :P], z[:, P:]
+            if sel.kind == "temporal":
+                grid = naive_temporal(grid.view(B, *thw, C), sel, kept[name], kept[name].indices.shape[1])
+            elif sel.kind == "anchor":
+                grid = naive_anchor(grid.view(B, *thw, C), sel, kept[name], *anchors[name])
+            else:
+                grid = naive_tokens(grid, sel, kept[name], kept[name].indices.shape[1])[:, None, None]
+            thw = grid.shape[1:4]
+            z = torch.cat([prefix, grid.reshape(B, -1, C)], 1)
+        z = blk(z)
+    feats = model.norm(z)
+    return feats, model.head(model.fc_norm(feats[:, P:].mean(1)))
+
+
+@pytest.mark.parametrize("plan,anchors,kept_tokens", [
+    ("T0_0.5-S1_0.5", {"S1": (2, 1)}, 2 * 2 * 2),  # 4 -> 2 frames, then a 2x2 of 4x4 (stride 1)
+    ("S0_0.5-T2_0.5", {"S0": (2, 1)}, 2 * 2 * 2),
+    ("T0_0.5-K2_0.5", {}, 16),  # 2x4x4 = 32 -> 16 tokens
+])
+def test_selection_eval_matches_naive_gathers(plan, anchors, kept_tokens, device):
+    """Eval selection in the real model equals scoring and gathering by hand the tokens that enter each
+    selector (patch + position embedding, then the blocks before it); the class token passes through."""
     torch.manual_seed(0)
-    model = VisionTransformer3d(**TINY)
+    model = VisionTransformer3d(**TINY, class_token=True, pos_embed="learned")
+    perturb_(model)
     stts.patch(model, plan)
     model.eval()
-    with torch.inference_mode():
-        tokens, kept = model.forward_features(torch.randn(2, 3, 8, 32, 32), return_selections=True)
-    assert tokens.shape == (2, kept_tokens, 32)
-    assert set(kept) == {s.name for s in stts.parse_plan(plan)}
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        feats, kept = model.to(device).forward_features(x.to(device), return_selections=True)
+        logits = model.forward_head(feats)
+        ref_feats, ref_logits = naive_vit_forward(model.cpu(), x, kept, anchors)
+    assert set(kept) == {s.name for s in stts.parse_plan(plan)} and feats.shape == (2, 1 + kept_tokens, 32)
+    torch.testing.assert_close(feats.cpu(), ref_feats, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits.cpu(), ref_logits, atol=1e-5, rtol=1e-5)
 
 
 def test_tokens_carry_position_before_selection():
@@ -183,13 +225,36 @@ def test_tokens_carry_position_before_selection():
     torch.testing.assert_close(logits, expected)
 
 
-def test_other_clip_sizes():
-    """sin-cos tables are rebuilt for another token count; learned embeddings are resampled."""
-    x = torch.randn(1, 3, 4, 48, 48)  # 2x6x6 tokens instead of 4x4x4
-    for pos in ("sincos", "learned"):
-        model = VisionTransformer3d(**TINY, pos_embed=pos).eval()
-        with torch.no_grad():
-            assert model(x).shape == (1, 5)
+@pytest.mark.parametrize("pos", ["sincos", "learned"])
+def test_pos_embed_for_another_clip(pos, device):
+    """A 6x6x5 clip on a model built for 4x4x4 tokens: VideoMAE's sin-cos table for the new token count,
+    or the learned embedding resampled trilinearly (the formulas of tests/_interpolation.py); the class
+    token keeps its own. Read at block 0 with the patch embedding zeroed."""
+    from _interpolation import trilinear
+
+    torch.manual_seed(0)
+    C = TINY["embed_dim"]
+    model = VisionTransformer3d(**TINY, pos_embed=pos, class_token=True).eval()
+    with torch.no_grad():
+        model.patch_embed.proj.weight.zero_()
+        model.patch_embed.proj.bias.zero_()
+        model.cls_token.normal_()
+        if pos == "learned":
+            model.pos_embed.normal_()
+    seen = {}
+    model.blocks[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0]))
+    with torch.no_grad():
+        model.to(device)(torch.randn(1, 3, 12, 48, 40).to(device))  # tubelets 2x8x8 -> 6 x 6 x 5 tokens
+    tokens = seen["x"].cpu()
+    assert tokens.shape == (1, 1 + 6 * 6 * 5, C)
+    if pos == "sincos":
+        torch.testing.assert_close(tokens[0, 1:], videomae_sincos(6 * 6 * 5, C), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(tokens[0, 0], model.cls_token.detach().cpu().view(C))
+    else:
+        table = model.pos_embed.detach().cpu()[0]  # (1 + 4*4*4, C)
+        expected = trilinear(table[1:].view(4, 4, 4, C), (6, 6, 5)).reshape(-1, C).float()
+        torch.testing.assert_close(tokens[0, 1:], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(tokens[0, 0], (model.cls_token + model.pos_embed[:, 0]).detach().cpu().view(C))
 
 
 def test_selection_protocol_errors():
