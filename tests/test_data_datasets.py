@@ -232,7 +232,7 @@ def test_data_config_defaults_and_validation():
         DataConfig(format="csv")
     with pytest.raises(ValueError, match="num_spatial_crops"):
         DataConfig(num_spatial_crops=2)
-    with pytest.raises(ValueError, match="no annotations for split 'val'"):
+    with pytest.raises(ValueError, match="data.val_annotations is empty"):
         build_dataset(DataConfig(), "val")
 
 
