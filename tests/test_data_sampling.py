@@ -161,3 +161,13 @@ def test_padded_flag_of_stts_and_segment_rules():
     assert clip_indices(15, 8, 2, return_padded=True)[1] is False
     assert segment_indices(7, 8, return_padded=True)[1] is True  # fewer frames than segments
     assert segment_indices(8, 8, return_padded=True) == (list(range(8)), False)
+
+
+def test_pyslowfast_truncates_its_float32_linspace_as_pyslowfast_does():
+    # 65 frames, clip 2 of 5: delta 1, start 0.4, frames 0.4 + 4.2 k. In exact arithmetic k = 3 gives
+    # 13.0, but PySlowFast computes torch.linspace in float32, where it lands just below 13 and
+    # truncates to 12; the published views are those, so stts reproduces the float32 result.
+    exact = [int(0.4 + 4.2 * k + 1e-9) for k in range(16)]
+    pyslowfast = torch.linspace(0.4, 63.4, 16).long().tolist()  # PySlowFast's own expression
+    assert exact[3] == 13 and pyslowfast[3] == 12
+    assert pyslowfast_indices(65, 16, 4, view=2, num_views=5) == pyslowfast

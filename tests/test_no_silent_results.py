@@ -73,8 +73,10 @@ def test_a_diverged_scorer_stops_training_naming_the_steps(synth, tmp_path, monk
     cfg = run_config(synth, tmp_path / "run", optim={"clip_grad": 0.0}, train={"log_every": 3, "save_every_steps": 2})
     with pytest.raises(NonFiniteError, match=r"not finite in 2 of 2 micro-batches of steps 1-2 \(epoch 1\).*"
                                              r"no checkpoint was written yet"):
-        engine.train(load(cfg))
+        engine.train(load(cfg))  # caught at the step-2 checkpoint, before it is written
     assert not (tmp_path / "run" / "last.pt").exists()  # the diverged weights were not saved
+    with pytest.raises(NonFiniteError, match=r"not finite in 3 of 3 micro-batches of steps 1-3"):
+        engine.train(load(cfg, ["train.save_every_steps=0"]))  # caught at the step-3 log point
 
 
 def test_nan_scores_poison_the_selector_output_of_that_clip_only():
