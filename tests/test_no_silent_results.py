@@ -6,6 +6,7 @@ options, `key=` for an empty string, Ctrl-C says how to resume)."""
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def test_five_of_seventeen_bad_files_fail_a_two_epoch_run(synth, tmp_path, capsy
 
     # Allowed a larger fraction, the run finishes and its summary counts the skipped samples.
     summary = engine.train(load(run_config(synth, tmp_path / "ok", data={"train_annotations": csv,
-                                                                          "max_skip_fraction": 0.6})))
+                                                                          "max_skip_fraction": 0.6},
+                                           train={"eval_every": 0})))
     counts = [int(line.split("\t")[0]) for line in (tmp_path / "ok" / "bad_samples.txt").read_text().splitlines()]
     assert summary["skipped_samples"] == sum(counts) > 0 and len(counts) == 5
     log = (tmp_path / "ok" / "train.log").read_text()
@@ -77,6 +79,25 @@ def test_a_diverged_scorer_stops_training_naming_the_steps(synth, tmp_path, monk
     assert not (tmp_path / "run" / "last.pt").exists()  # the diverged weights were not saved
     with pytest.raises(NonFiniteError, match=r"not finite in 3 of 3 micro-batches of steps 1-3"):
         engine.train(load(cfg, ["train.save_every_steps=0"]))  # caught at the step-3 log point
+
+
+def test_fp16_overflow_steps_are_tolerated_other_non_finite_losses_are_not(synth, tmp_path, monkeypatch):
+    real, calls = engine._loss, []
+
+    def overflow_once(*args):
+        calls.append(1)
+        loss = real(*args)
+        return loss * float("inf") if len(calls) == 2 else loss  # micro-batch 2 overflows
+
+    monkeypatch.setattr(engine, "_loss", overflow_once)
+    cfg = run_config(synth, tmp_path / "fp16", train={"amp": "fp16", "max_steps": 3, "log_every": 3})
+    summary = engine.train(load(cfg))  # the fp16 loss scaler skips such a step: the run goes on
+    assert summary["step"] == 3 and math.isfinite(summary["last_loss"])
+    assert "1 of 3 micro-batches of steps 1-3 had a non-finite loss" in (tmp_path / "fp16" / "train.log").read_text()
+    calls.clear()
+    # Without loss scaling the step is taken: its NaN gradients poison the weights, step 3 is NaN too.
+    with pytest.raises(NonFiniteError, match="not finite in 2 of 3 micro-batches of steps 1-3"):
+        engine.train(load(run_config(synth, tmp_path / "fp32", train={"max_steps": 3, "log_every": 3})))
 
 
 def test_nan_scores_poison_the_selector_output_of_that_clip_only():

@@ -125,7 +125,7 @@ def eval_summary(r: dict, path) -> str:
         "=" * 72,
         f"stts eval: {r['model']}  plan {r['plan'] or 'dense'}  ({r['checkpoint']})",
         f"  {r['split']}: {r['videos']} of {r['num_videos']} videos, {r['views_per_video']} views each"
-        f" ({r['average']} averaged); skipped {r['skipped_videos']}",
+        f" ({r.get('sampling', 'clip')} sampling, {r['average']} averaged); skipped {r['skipped_videos']}",
         f"  top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  mean per-class {r['mean_class_acc']:.2f}%",
         f"  GFLOPs per view {r['gflops_per_view']:.4g}  x {r['views_per_video']} views = {r['gflops_per_video']:.4g}",
         f"  throughput {r['clips_per_s']:.1f} clips/s (model only; {r['world_size']} process(es), {r['device']}, "
