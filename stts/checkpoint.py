@@ -158,8 +158,11 @@ def _refusal(message: str) -> str:
     """What torch's weights-only unpickler could not accept, from its error message."""
     m = re.search(r"GLOBAL ([\w.]+)", message)
     if m:
-        return (f"it needs the Python object {m[1]}, which the safe (weights-only) unpickler does not "
-                "create")
+        why = f"it needs the Python object {m[1]}, which the safe (weights-only) unpickler does not create"
+        if m[1].startswith("numpy"):  # e.g. a training checkpoint of an earlier stts (numpy RNG state)
+            why += (" (checkpoints of earlier stts versions held numpy arrays; convert one you trust once "
+                    "with `stts export --trust-checkpoint OLD.pt NEW.safetensors`, or resume it with the flag)")
+        return why
     m = re.search(r"WeightsUnpickler error:\s*(.+)", message)
     why = m[1].strip().splitlines()[0] if m else _first_line(Exception(message))
     return f"the safe (weights-only) unpickler cannot read it ({why}): not a plain torch checkpoint"

@@ -15,7 +15,7 @@ import torch
 
 import stts
 import stts.engine.train as engine
-from stts.errors import BadDataError, NonFiniteError
+from stts.errors import NonFiniteError
 from test_engine_helpers import (NUM_CLASSES, TINY_MVIT, TINY_PLAN, TRAIN_CLIPS, load, records, run_config,  # noqa: F401
                                  synth, write_config)
 
