@@ -11,18 +11,31 @@ and, written by the training engine, optimizer / scheduler / step / config entri
 Official files keep their own layout: PySlowFast `.pyth` (`model_state`, YAML text under `cfg`),
 mmaction (`state_dict` with `backbone.` / `cls_head.` prefixes). A backbone module translates
 official keys with its `checkpoint_filter_fn(state_dict, model) -> state_dict`.
+
+Safety: a `.pt` / `.pth` / `.pyth` file is a pickle, and unpickling can run any code the file carries.
+Every loader here reads with `torch.load(weights_only=True)`, which accepts tensors and plain data
+(dicts, lists, numbers, strings) only; stts's own checkpoints, PySlowFast's and mmaction2's load that
+way. A file that needs more is refused with a `CheckpointError` naming the file and what it needed.
+`trust_checkpoint=True` (CLI: `--trust-checkpoint`) unpickles it in full: only for a file whose origin
+you trust, since a crafted one runs code on your machine as it loads. `.safetensors` files hold
+tensors and JSON metadata only and are always safe.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from stts.errors import CheckpointError
 
 __all__ = [
     "save_model",
@@ -32,14 +45,15 @@ __all__ = [
     "extract_state_dict",
     "model_config",
     "atomic_save",
+    "remove_orphan_temps",
     "CheckpointError",
 ]
 
 FORMAT_VERSION = 1
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model; the message names what."""
+# How a refusal tells the user to opt in (one name everywhere: keyword and flag).
+TRUST_HINT = ("if you trust where the file comes from, load it in full with --trust-checkpoint (Python: "
+              "trust_checkpoint=True); unpickling runs any code a crafted file carries, as your user")
 
 
 def model_config(model: nn.Module) -> dict:
@@ -53,10 +67,27 @@ def model_config(model: nn.Module) -> dict:
             "selection": plan.to_dict() if plan is not None and len(plan) else None}
 
 
+def remove_orphan_temps(path: "str | os.PathLike") -> list[Path]:
+    """Delete the temporary files a killed `atomic_save` / `save_model` of `path` left behind
+    (`.<name>.*tmp` beside it); returns them. One writer per file is assumed (rank 0 writes)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    orphans = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*tmp") if p.is_file()]
+    for p in orphans:
+        try:
+            p.unlink()
+        except FileNotFoundError:  # removed meanwhile
+            pass
+    return orphans
+
+
 def atomic_save(obj: Any, path: "str | os.PathLike") -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename: never a half-written file."""
+    """torch.save to a temporary file in the same folder, fsync, then rename: never a half-written file.
+    Temporary files of an earlier save that was killed are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphan_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -86,6 +117,7 @@ def save_model(model: nn.Module, path: "str | os.PathLike", **extra: Any) -> Non
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphan_temps(path)
     # clone: safetensors refuses tensors that share storage (tied or sliced weights)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in raw.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
@@ -93,29 +125,73 @@ def save_model(model: nn.Module, path: "str | os.PathLike", **extra: Any) -> Non
     os.replace(tmp, path)  # never a half-written file under the final name
 
 
-def read_checkpoint(path: "str | os.PathLike") -> dict:
-    """Load a checkpoint file into a dict of tensors/metadata on the CPU (.pt/.pth/.pyth/.safetensors)."""
+def read_checkpoint(path: "str | os.PathLike", *, trust_checkpoint: bool = False) -> dict:
+    """Load a checkpoint file into a dict of tensors/metadata on the CPU (.pt/.pth/.pyth/.safetensors).
+
+    Pickled files are read with `torch.load(weights_only=True)`; one that needs arbitrary Python objects
+    is refused (CheckpointError naming the file and the object) unless `trust_checkpoint=True`, which
+    unpickles it in full and so runs whatever code it carries: only for files you trust.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        ckpt = {"model": load_file(str(path))}
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if "stts" in meta:  # build config written by `stts export` (JSON): load_model can rebuild the model
-            ckpt["stts"] = json.loads(meta["stts"])
-        return ckpt
+        return _read_safetensors(path)
     try:
-        # Official PySlowFast/mmaction files pickle numpy/yacs objects, so full unpickling is needed;
-        # only load checkpoints you trust (as with torch.load everywhere).
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as e:
+        if trust_checkpoint:
+            raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"{path}: refused to load: {_refusal(str(e))}; {TRUST_HINT}") from None
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: re-raised with the file name
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(ckpt).__name__}")
+    return ckpt
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def _refusal(message: str) -> str:
+    """What torch's weights-only unpickler could not accept, from its error message."""
+    m = re.search(r"GLOBAL ([\w.]+)", message)
+    if m:
+        why = f"it needs the Python object {m[1]}, which the safe (weights-only) unpickler does not create"
+        if m[1].startswith("numpy"):  # e.g. a training checkpoint of an earlier stts (numpy RNG state)
+            why += (" (checkpoints of earlier stts versions held numpy arrays; convert one you trust once "
+                    "with `stts export --trust-checkpoint OLD.pt NEW.safetensors`, or resume it with the flag)")
+        return why
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+    why = m[1].strip().splitlines()[0] if m else _first_line(Exception(message))
+    return f"the safe (weights-only) unpickler cannot read it ({why}): not a plain torch checkpoint"
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        tensors, meta = {}, {}
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read safetensors file {path} (truncated or not safetensors?): "
+                              f"{_first_line(e)}") from None
+    ckpt: dict = {"model": tensors}
+    if "stts" in meta:  # build config written by save_model / `stts export` (JSON): load_model rebuilds the model
+        try:
+            cfg = json.loads(meta["stts"])
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: the 'stts' metadata is not valid JSON: {e}") from None
+        if not (isinstance(cfg, dict) and isinstance(cfg.get("model"), str)
+                and isinstance(cfg.get("kwargs", {}), dict)
+                and isinstance(cfg.get("selection") or {}, dict)):
+            raise CheckpointError(f"{path}: the 'stts' metadata must be a JSON object with 'model' (a registry "
+                                  f"name), 'kwargs' (an object) and 'selection'; got {meta['stts'][:200]!r}")
+        ckpt["stts"] = cfg
     return ckpt
 
 
@@ -167,12 +243,18 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, *, strict: bool 
     return {"missing": missing, "unexpected": unexpected}
 
 
-def load_pretrained(model: nn.Module, path: "str | os.PathLike", *, strict: bool = True) -> dict:
-    """Load weights from any supported checkpoint into `model`; returns {"missing", "unexpected"}."""
-    ckpt = read_checkpoint(path)
+def load_pretrained(model: nn.Module, path: "str | os.PathLike", *, strict: bool = True,
+                    trust_checkpoint: bool = False) -> dict:
+    """Load weights from any supported checkpoint into `model`; returns {"missing", "unexpected"}.
+
+    trust_checkpoint: unpickle a file the safe loader refuses (runs its code: trusted files only)."""
+    return _load_weights(model, read_checkpoint(path, trust_checkpoint=trust_checkpoint), path, strict=strict)
+
+
+def _load_weights(model: nn.Module, ckpt: dict, path, *, strict: bool) -> dict:
+    """The checkpoint's weights (official keys translated by the backbone's filter) into `model`."""
     sd = extract_state_dict(ckpt)
-    module = _backbone_module(model)
-    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    filter_fn = getattr(_backbone_module(model), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         sd = filter_fn(sd, model)
     return load_state_dict_checked(model, sd, strict=strict, source=str(path))
@@ -184,24 +266,36 @@ def _backbone_module(model: nn.Module):
     return sys.modules.get(type(model).__module__)
 
 
-def load_model(path: "str | os.PathLike", *, strict: bool = True, **overrides: Any) -> nn.Module:
+def load_model(path: "str | os.PathLike", *, strict: bool = True, trust_checkpoint: bool = False,
+               **overrides: Any) -> nn.Module:
     """Rebuild a model from a checkpoint alone and load its weights.
 
     Works for stts checkpoints (they carry name, kwargs and plan) and for official checkpoints that
     carry their config (PySlowFast `.pyth` with `cfg`), through the backbone's `model_from_official`.
     `overrides` replace build kwargs (e.g. num_classes for a new head, with strict=False).
+    trust_checkpoint: unpickle a file the safe loader refuses (runs its code: trusted files only).
     """
+    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    return model_from_checkpoint(ckpt, path, strict=strict, **overrides)
+
+
+def model_from_checkpoint(ckpt: dict, path: "str | os.PathLike", *, strict: bool = True,
+                          **overrides: Any) -> nn.Module:
+    """`load_model` for a checkpoint dict already read (by `read_checkpoint`); `path` names it in errors."""
     from stts.models._registry import create_model
 
-    ckpt = read_checkpoint(path)
     cfg = ckpt.get("stts")
     if cfg is None:
         model = _model_from_official(ckpt, path, overrides)
-        load_pretrained(model, path, strict=strict)
+        _load_weights(model, ckpt, path, strict=strict)
         return model
     selection = cfg.get("selection")
     kwargs = {**cfg.get("kwargs", {}), **overrides}
-    model = create_model(cfg["model"], **kwargs) if selection is None else _create_with_plan(cfg, kwargs)
+    try:
+        model = create_model(cfg["model"], **kwargs) if selection is None else _create_with_plan(cfg, kwargs)
+    except (TypeError, ValueError) as e:  # a name or kwarg this version does not know
+        raise CheckpointError(f"{path}: cannot build the model its config describes ({cfg['model']!r}, kwargs "
+                              f"{kwargs}, selection {selection}): {e}") from None
     load_state_dict_checked(model, extract_state_dict(ckpt), strict=strict, source=str(path))
     return model
 
@@ -227,7 +321,10 @@ def _model_from_official(ckpt: dict, path, overrides: dict) -> nn.Module:
     for module in _official_readers():
         build = getattr(module, "model_from_official", None)
         if build is not None:
-            model = build(ckpt, **overrides)
+            try:
+                model = build(ckpt, **overrides)
+            except (TypeError, ValueError) as e:  # an official config this version cannot build
+                raise CheckpointError(f"{path}: {e}") from None
             if model is not None:
                 return model
     raise CheckpointError(f"{path} carries no stts config and no official config this version can read; "

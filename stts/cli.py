@@ -9,6 +9,12 @@ Each subcommand lives in `stts/commands/<name>.py` and exposes
 `add_arguments(parser)` and `run(args) -> int | None`; the module docstring's first line is its help.
 Modules are found by name, so adding a command touches no other file. They import heavy
 dependencies (PyAV, matplotlib, the training engine) inside `run`, so `stts --help` stays fast.
+A module that takes `key=value` overrides names their argument in `OVERRIDES = "dest"`: overrides
+may then also come after options (`stts train cfg.yaml --finetune X train.epochs=3`).
+
+A user's mistake (`stts.errors.UserError`: a bad file, key or value) ends here in one line,
+`error: <message>`, exit status 2; commands raise it instead of printing. Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import pkgutil
 import sys
 
 from stts import commands
+from stts.errors import UserError
 
 __all__ = ["main", "build_parser"]
 
@@ -57,18 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p, _overrides=getattr(module, "OVERRIDES", None))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
+    if extra:
+        # key=value after an option: argparse leaves it over once the positionals were matched.
+        if args._overrides and all("=" in e and not e.startswith("-") for e in extra):
+            getattr(args, args._overrides).extend(extra)
+        else:
+            args._parser.error(f"unrecognized arguments: {' '.join(extra)}")  # exits 2 with the usage
     try:
         code = args._run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -19,15 +19,12 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from stts.data.config import DataConfig
+from stts.errors import ConfigError
 
 __all__ = ["ModelConfig", "OptimConfig", "TrainConfig", "EvalConfig", "RunConfig", "ConfigError",
            "load_config", "to_dict", "AMP_MODES"]
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-
-
-class ConfigError(ValueError):
-    """A bad run config; the message names the source (file, command line), the key and the value."""
 
 
 @dataclass
@@ -123,6 +120,8 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"command line: {item!r}: expected key=value, e.g. optim.lr=1e-4")
+    if not raw.strip():  # `data.classes_file=`: the empty string (YAML would read null), no quoting needed
+        return key.strip(), ""
     # OmegaConf's YAML reading of the value: 1e-4 is a float, [1,2] a list, null None.
     return key.strip(), OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]))["v"]
 

@@ -15,6 +15,10 @@ top-K and gathers, so every block after the selector really runs on fewer tokens
 
 `policy="uniform"` / `"random"` replace the learned scorer by the non-learned baselines at the same
 budget (evenly spaced frames or tokens and the centre anchor; or random ones).
+
+A non-finite score (a diverged scorer) never picks tokens silently: it turns the selector's output for
+that clip into NaN, so the loss or the logits become non-finite, which training (its non-finite-loss
+check) and evaluation (its non-finite-logits count) catch where they sync anyway; no GPU sync here.
 """
 
 from __future__ import annotations
@@ -205,6 +209,13 @@ class _Selector(nn.Module):
         return f"before={self.before}, policy={self.policy}, sigma={self.sigma}, jacobian={self.jacobian}"
 
 
+def _carry_nonfinite(out: Tensor, scores: Tensor) -> Tensor:
+    """out (B, L, C) + 0 * (sum of each clip's scores): exactly `out` when the scores are finite, NaN for
+    a clip with a NaN or infinite score (0 * inf is NaN too). Detached: no gradient, no backward cost."""
+    zero = scores.detach().reshape(scores.shape[0], -1).sum(dim=-1) * 0  # (B,)
+    return out + zero.to(out.dtype)[:, None, None]
+
+
 def _split_prefix(x: Tensor, thw: Thw) -> tuple[Tensor, Tensor]:
     T, H, W = thw
     P = x.shape[1] - T * H * W
@@ -245,7 +256,7 @@ class TemporalSelector(_Selector):
         else:
             scores = self.baseline_scores(B, T, k, x)
         kept, idx = select_frames(tokens, scores, k, soft=self.soft, **self.topk_kwargs())
-        out = torch.cat([prefix, kept.reshape(B, k * H * W, C)], dim=1)  # (B, P + K*H*W, C)
+        out = _carry_nonfinite(torch.cat([prefix, kept.reshape(B, k * H * W, C)], dim=1), scores)  # (B, P + K*H*W, C)
         new_thw = (k, H, W)
         if return_selection:
             return out, new_thw, Selection(self.kind, tuple(thw), idx, scores.detach())
@@ -303,7 +314,7 @@ class AnchorSelector(_Selector):
         scores = scores.reshape(B, T, rows * cols)
         kept, idx = select_anchors(tokens.reshape(B, T, H, W, C), scores, a, s, soft=self.soft,
                                    **self.topk_kwargs())
-        out = torch.cat([prefix, kept.reshape(B, T * a * a, C)], dim=1)  # (B, P + T*a*a, C)
+        out = _carry_nonfinite(torch.cat([prefix, kept.reshape(B, T * a * a, C)], dim=1), scores)  # (B, P + T*a*a, C)
         new_thw = (T, a, a)
         if return_selection:
             boxes = anchor_boxes(idx, H, W, a, s)
@@ -337,7 +348,7 @@ class TokenSelector(_Selector):
         else:
             scores = self.baseline_scores(B, N, k, x)
         kept, idx = select_tokens(tokens, scores, k, soft=self.soft, **self.topk_kwargs())
-        out = torch.cat([prefix, kept], dim=1)  # (B, P + K, C)
+        out = _carry_nonfinite(torch.cat([prefix, kept], dim=1), scores)  # (B, P + K, C)
         if return_selection:
             return out, (1, 1, k), Selection(self.kind, tuple(thw), idx, scores.detach())
         return out, (1, 1, k)

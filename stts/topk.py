@@ -126,8 +126,8 @@ def perturbed_topk(
         raise ValueError(f"jacobian must be one of {_JACOBIANS}, got {jacobian!r}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if sigma < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    if not 0 <= sigma < float("inf"):  # also NaN, for which every comparison is False
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
     if not scores.is_floating_point():
         raise TypeError(f"scores must be a floating-point tensor, got {scores.dtype}")
     return _PerturbedTopK.apply(scores, k, int(num_samples), float(sigma), jacobian, generator)

@@ -261,7 +261,7 @@ def test_data_config_defaults_and_validation():
         DataConfig(format="csv")
     with pytest.raises(ValueError, match="num_spatial_crops"):
         DataConfig(num_spatial_crops=2)
-    with pytest.raises(ValueError, match="no annotations for split 'val'"):
+    with pytest.raises(ValueError, match="data.val_annotations is empty"):
         build_dataset(DataConfig(), "val")
 
 
@@ -273,3 +273,79 @@ def test_data_config_through_omegaconf():
     assert isinstance(cfg, DataConfig) and cfg.num_frames == 8 and cfg.rrc_scale == (0.2, 1.0)
     with pytest.raises(Exception, match="nmu_frames"):
         omegaconf.OmegaConf.merge(base, {"nmu_frames": 8})
+
+
+# --- issue 11: published test views, padded clips, labels that must not be guessed ------------------
+
+
+@pytest.mark.parametrize("rule, views", [
+    # 64-frame videos, 4x2 clips, 2 views (hand-computed from the rules, see test_data_sampling):
+    # pyslowfast: clip_size 8, delta 56, starts 0 and 28, linspace(start, start + 7, 4) truncated;
+    ("pyslowfast", [[0, 2, 4, 7], [28, 30, 32, 35]]),
+    # mmaction: L 8, avg (64 - 8 + 1) / 2 = 28.5, offsets int(14.25) = 14 and int(42.75) = 42.
+    ("mmaction", [[14, 16, 18, 20], [42, 44, 46, 48]]),
+])
+def test_test_views_follow_the_configured_rule(kinetics, rule, views):
+    root, csv, _ = kinetics
+    cfg = DataConfig(root=root, val_annotations=csv, classes_file=f"{root}/classes.txt", sampling=rule,
+                     num_frames=4, sampling_rate=2, crop_size=96, test_short_side=96, num_temporal_views=2, **PLAIN)
+    ds = build_dataset(cfg, "test")
+    assert ds.sampling == rule
+    assert [clip_indices_of(ds[i]["video"]) for i in (2, 3)] == views  # video 1, views 0 and 1
+    assert ds[2]["padded"] is False
+
+
+def test_items_say_when_the_clip_ran_past_the_video(kinetics):
+    root, csv, _ = kinetics
+    base = dict(root=root, train_annotations=csv, val_annotations=csv, classes_file=f"{root}/classes.txt",
+                num_frames=4, crop_size=96, test_short_side=96, max_skip_fraction=1.0, **PLAIN)
+    # 4 frames 32 apart span 97 > 64 frames: start 0, indices 0, 32, 64 -> 63, 96 -> 63 (padded); 4 x 2 fits.
+    long = build_dataset(DataConfig(**base, sampling_rate=32), "val")
+    assert long[0]["padded"] is True and clip_indices_of(long[0]["video"]) == [0, 32, 63, 63]
+    assert build_dataset(DataConfig(**base, sampling_rate=2), "val")[0]["padded"] is False
+    train = build_dataset(DataConfig(**base, sampling_rate=32, random_resized_crop=False,
+                                     train_jitter_scales=(96, 96), randaug=False, erase_prob=0.0), "train")
+    assert train[0]["padded"] is True
+
+
+def test_mixed_integer_and_name_labels_are_an_error_naming_the_lines(tmp_path):
+    from stts.errors import DataError, UserError
+
+    csv = tmp_path / "t.csv"
+    csv.write_text("a.mp4 dancing\nb.mp4 3\nc.mp4 running\nd.mp4 0\n")
+    with pytest.raises(DataError, match=r"t.csv: labels mix integers \(2 lines; line 2: '3', line 4: '0'\) "
+                                        r"and class names \(2 lines; line 1: 'dancing', line 3: 'running'\)"):
+        read_kinetics(csv)
+    assert issubclass(DataError, UserError) and issubclass(DataError, ValueError)
+    # With a classes file the mapping is known: no error.
+    ann = read_kinetics(csv, classes=["dancing", "running", "x", "y"])
+    assert [y for _, y in ann.samples] == [0, 3, 1, 0]
+    # Across files: names in train, integers in val.
+    (tmp_path / "train.csv").write_text("a.mp4 dancing\nb.mp4 running\n")
+    (tmp_path / "val.csv").write_text("c.mp4 1\n")
+    cfg = DataConfig(train_annotations=str(tmp_path / "train.csv"), val_annotations=str(tmp_path / "val.csv"))
+    with pytest.raises(DataError, match="val.csv has integer labels but the training annotations .*train.csv have "
+                                        "class-name labels"):
+        build_dataset(cfg, "val")
+
+
+def test_every_split_takes_the_class_count_of_the_training_annotations(tmp_path):
+    (tmp_path / "train.csv").write_text("".join(f"v{i}.mp4 {i}\n" for i in range(5)))  # labels 0..4
+    (tmp_path / "val.csv").write_text("a.mp4 0\nb.mp4 2\n")  # lacks the top class
+    cfg = DataConfig(train_annotations=str(tmp_path / "train.csv"), val_annotations=str(tmp_path / "val.csv"))
+    assert build_dataset(cfg, "train").num_classes == build_dataset(cfg, "val").num_classes == 5
+    # Names: the sorted names of the training file, whatever the val file holds.
+    (tmp_path / "train.csv").write_text("a.mp4 zebra\nb.mp4 ant\nc.mp4 moth\n")
+    (tmp_path / "val.csv").write_text("a.mp4 moth\n")
+    val = build_dataset(cfg, "val")
+    assert val.classes == ["ant", "moth", "zebra"] and val.samples[0][1] == 1
+
+
+def test_csv_and_classes_file_with_a_utf8_byte_order_mark(tmp_path):
+    (tmp_path / "t.csv").write_text("\ufeffpath,label\na.mp4,cat\nb.mp4,dog\n", encoding="utf-8")
+    (tmp_path / "classes.txt").write_text("\ufeffdog\ncat\n", encoding="utf-8")
+    from stts.data import read_classes
+
+    assert read_classes(tmp_path / "classes.txt") == ["dog", "cat"]
+    ann = read_kinetics(tmp_path / "t.csv", root="/r", classes=read_classes(tmp_path / "classes.txt"))
+    assert ann.errors == [] and ann.samples == [("/r/a.mp4", 1), ("/r/b.mp4", 0)]  # header skipped, no BOM

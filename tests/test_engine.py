@@ -152,12 +152,12 @@ def test_amp_on_cpu_trains_and_checkpoints_the_scaler(synth, tmp_path, amp):
     s = train(load(run_config(synth, tmp_path / "run", train={"amp": amp, "epochs": 2, "eval_every": 0}),
                    ["train.max_steps=3"]))
     assert s["amp"] == {"bf16": "bfloat16", "fp16": "float16"}[amp] and math.isfinite(s["last_loss"])
-    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert bool(ckpt["scaler"]) == (amp == "fp16")  # fp16 scales the loss; bf16 needs no scaler
     assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
     train(load(run_config(synth, tmp_path / "run", train={"amp": amp, "epochs": 2, "eval_every": 0}),
                ["train.resume=auto", "train.max_steps=4"]))  # the scaler state reloads
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 4
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 4
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------

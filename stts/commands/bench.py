@@ -12,15 +12,16 @@ GFLOPs are multiply-adds per clip (stts.flops, the papers' convention).
 from __future__ import annotations
 
 import json
-import sys
+
+from stts.errors import UsageError
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("models", nargs="+", metavar="MODEL",
                         help="registered names, or NAME:PLAN for a dense name plus a plan; the first is the baseline")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--frames", type=int, default=0, help="clip length (default: the model's)")
-    parser.add_argument("--size", type=int, default=0, help="crop size (default: the model's)")
+    parser.add_argument("--frames", type=int, default=None, help="clip length (default: the model's)")
+    parser.add_argument("--size", type=int, default=None, help="crop size (default: the model's)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -34,26 +35,24 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import torch
 
+    from stts.commands.flops import build_for_clip, parse_kwargs
+    from stts.engine.distributed import parse_device
     from stts.flops import count_flops
     from stts.measure import median, time_round_robin
-    from stts.models import create_model
 
+    for option in ("batch_size", "repeats", "warmup", "threads"):
+        minimum = 1 if option in ("batch_size", "repeats") else 0
+        if getattr(args, option) < minimum:
+            raise UsageError(f"--{option.replace('_', '-')} {getattr(args, option)}: must be >= {minimum}")
+    device = parse_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        kwargs = json.loads(args.kwargs)
-        if args.frames:
-            kwargs["num_frames"] = args.frames
-        if args.size:
-            kwargs["img_size"] = args.size
-        models = []
-        for spec in args.models:
-            name, _, plan = spec.partition(":")
-            models.append(create_model(name, selection=plan or None, **kwargs).eval())
-    except (ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    device = torch.device(args.device)
+    kwargs = parse_kwargs(args.kwargs)
+    models = []
+    for spec in args.models:
+        name, _, plan = spec.partition(":")
+        models.append(build_for_clip(name, selection=plan or None, frames=args.frames, size=args.size,
+                                     **kwargs).eval())
     models = [m.to(device) for m in models]
     C, T, H, W = models[0].input_size
     torch.manual_seed(0)

@@ -2,16 +2,21 @@
 
     stts data check /data/k400 val.csv --classes-file classes.txt   # every bad entry: file, reason
     stts data check /data/ssv2/videos validation.json --labels-file labels.json --quick
+    stts data check /data/k400 val.csv --num-frames 16 --sampling-rate 4   # also: videos shorter than a clip
     stts data synth data/synth --classes 6 --clips-per-class 60       # mp4s + train/val.csv + meta.json
 
 `check` exits 1 if any entry is bad (missing, empty or undecodable file, malformed line, unknown
-label), 0 otherwise; videos that break after some frames are listed as warnings only.
+label), 0 otherwise; videos that break after some frames, and with --num-frames the videos too short
+for one clip (their clips repeat frames), are listed as warnings only. An annotation file without
+entries, or one that cannot be read, is an error (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from stts.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,38 +30,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--labels-file", default="", help="SSv2 labels JSON")
     p.add_argument("--video-extension", default=".webm", help="SSv2: <root>/<id><ext> (default .webm)")
     p.add_argument("--quick", action="store_true", help="decode only the first frame of each video")
+    p.add_argument("--num-frames", type=int, default=None, metavar="N",
+                   help="frames per clip: warn about videos too short for one clip")
+    p.add_argument("--sampling-rate", type=int, default=4, metavar="R",
+                   help="with --num-frames: frames between taken frames (default 4, data.sampling_rate)")
+    p.add_argument("--sampling", default="auto", choices=["auto", "clip", "pyslowfast", "mmaction", "segment"],
+                   help="with --num-frames: the sampling rule (default auto: segment for SSv2, else clip)")
+    p.add_argument("--target-fps", type=float, default=30.0,
+                   help="with --num-frames: the rate the sampling rate counts at (default 30; 0 = the video's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("synth", help="write a synthetic action dataset (mp4 + Kinetics CSVs + meta.json)")
     p.add_argument("out_dir")
-    p.add_argument("--classes", type=int, default=6, help="number of classes (<= 18)")
+    p.add_argument("--classes", type=int, default=6, help="number of classes, 1 to 18")
     p.add_argument("--clips-per-class", type=int, default=60, help="training clips per class")
     p.add_argument("--val-clips-per-class", type=int, default=20)
     p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=64, help="frame height = width, pixels (even)")
+    p.add_argument("--size", type=int, default=64,
+                   help="frame height = width in pixels: a multiple of 4 (4:2:0 video), >= --event-size")
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--event-frames", type=int, default=2, help="frames that show the label")
     p.add_argument("--event-size", type=int, default=16, help="side of the event's box, pixels")
     p.add_argument("--temporal-stride", type=int, default=2, help="events start on multiples of this")
     p.add_argument("--distractors", type=int, default=3)
     p.add_argument("--noise", type=float, default=6.0, help="per-frame noise std (grey levels)")
-    p.add_argument("--codec", default="auto", help="auto (libx264, else mpeg4) or an encoder name")
+    p.add_argument("--codec", default="auto", help="auto (libx264, else mpeg4) or an encoder name PyAV has")
     p.add_argument("--seed", type=int, default=0)
 
 
 def _check(args) -> int:
     from stts.data.check import check_dataset
-    from stts.data.datasets import BadDataError
 
-    try:
-        report = check_dataset(
-            args.root, args.annotations, format=args.format, classes_file=args.classes_file,
-            labels_file=args.labels_file, video_extension=args.video_extension, quick=args.quick,
-            progress=not args.no_progress,
-        )
-    except (ValueError, OSError, BadDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for option in ("num_frames", "sampling_rate"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise UsageError(f"--{option.replace('_', '-')} {value}: must be >= 1")
+    if args.target_fps < 0:
+        raise UsageError(f"--target-fps {args.target_fps}: must be >= 0")
+    report = check_dataset(
+        args.root, args.annotations, format=args.format, classes_file=args.classes_file,
+        labels_file=args.labels_file, video_extension=args.video_extension, quick=args.quick,
+        progress=not args.no_progress, num_frames=args.num_frames, sampling_rate=args.sampling_rate,
+        sampling=args.sampling, target_fps=args.target_fps,
+    )
     for where, reason in report.bad:
         print(f"BAD\t{where}\t{reason}")
     for where, reason in report.warnings:

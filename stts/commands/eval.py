@@ -3,57 +3,91 @@
     stts eval configs/mvit_b_16x4_stts_t0.5_s0.7_k400.yaml             # <output_dir>/best.pt on the test split
     stts eval --checkpoint runs/t05/best.pt data.num_temporal_views=5  # settings saved in the checkpoint
     stts eval --checkpoint mvit.safetensors data.root=... data.val_annotations=val.csv
+    stts eval --checkpoint dense.pt model.selection=T0_0.5-S4_0.7 model.policy=uniform   # a baseline
     torchrun --nproc_per_node 8 -m stts eval CONFIG.yaml               # views sharded, results gathered
 
 Writes a JSON report (eval.report, default <output_dir>/eval_<split>.json) and prints a summary.
-Without CONFIG the checkpoint's own run config is the base (training checkpoints carry it).
+Without CONFIG the checkpoint's own run config is the base (training checkpoints carry it; a
+save_model / exported file carries only its model, so give the data with data.* overrides).
+model.selection / model.policy are honoured: a checkpoint of another plan is evaluated under the
+config's plan, and the summary says which scorers start untrained (a dense checkpoint has none).
+
+Checkpoints are read safely (tensors and plain data only); --trust-checkpoint unpickles one the safe
+loader refuses, which runs any code a crafted file carries: only for files you trust.
 """
 
 from __future__ import annotations
 
-import sys
+OVERRIDES = "items"  # key=value arguments may also follow the options (stts.cli)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
                         help="an optional YAML run config, then overrides such as eval.split=val")
     parser.add_argument("--checkpoint", metavar="PATH", help="weights to evaluate (= eval.checkpoint=PATH)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle a checkpoint that the safe (weights-only) loader refuses. RISK: a "
+                             "crafted file runs code as it loads; only for files you trust")
+
+
+def base_config(ckpt: dict) -> dict | None:
+    """The run config a checkpoint stands for: its training config, else what its build config says
+    (model name, plan, kwargs; the clip size its kwargs fix)."""
+    if ckpt.get("config"):
+        return ckpt["config"]
+    build = ckpt.get("stts")
+    if not build:
+        return None
+    from stts.models import model_entry
+    from stts.plan import SelectionPlan
+
+    kwargs = dict(build.get("kwargs") or {})
+    model: dict = {"name": build["model"]}
+    selection = build.get("selection")
+    try:
+        own_plan = model_entry(build["model"]).plan
+    except ValueError:  # an unknown name: validation names it
+        own_plan = None
+    if selection and own_plan is None:  # a dense name with a plan added (create_model(selection=...))
+        plan = SelectionPlan.from_dict(selection)
+        model.update(selection=str(plan), policy=plan.policy)
+    data = {}
+    if isinstance(kwargs.get("num_frames"), int):
+        data["num_frames"] = kwargs.pop("num_frames")
+    if isinstance(kwargs.get("img_size"), int):
+        size = kwargs.pop("img_size")
+        data.update(crop_size=size, test_short_side=size)
+    kwargs.pop("num_classes", None)  # the head: checked against the data's classes
+    model["kwargs"] = kwargs
+    return {"model": model, "data": data}
 
 
 def run(args) -> int:
-    from stts.checkpoint import CheckpointError, read_checkpoint
-    from stts.config import ConfigError, load_config
+    from stts.checkpoint import read_checkpoint
+    from stts.config import load_config
+    from stts.engine.evaluate import run_eval
+    from stts.errors import DataError, UsageError
 
     config = None
     overrides = list(args.items)
     if overrides and "=" not in overrides[0]:
         config = overrides.pop(0)
     if config is None and not args.checkpoint:
-        print("error: give a CONFIG.yaml or --checkpoint PATH", file=sys.stderr)
-        return 2
-    base = None
+        raise UsageError("give a CONFIG.yaml or --checkpoint PATH")
+    base, described = None, "no run config"
     if args.checkpoint:
         overrides.append(f"eval.checkpoint={args.checkpoint}")
         if config is None:
-            try:
-                ckpt = read_checkpoint(args.checkpoint)
-            except CheckpointError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
-            base = ckpt.get("config") or ({"model": {"name": ckpt["stts"]["model"]}} if "stts" in ckpt else None)
-    try:
-        cfg = load_config(config, overrides, base=base, base_source=f"checkpoint {args.checkpoint}",
-                          check_paths=False)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from stts.engine.evaluate import run_eval
-
-    from stts.data import BadDataError
-
-    try:
-        run_eval(cfg)
-    except (CheckpointError, BadDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            ckpt = read_checkpoint(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
+            base = base_config(ckpt)
+            described = "a run config" if ckpt.get("config") else "no run config (weights and model only)"
+            del ckpt
+    cfg = load_config(config, overrides, base=base, base_source=f"checkpoint {args.checkpoint}", check_paths=False)
+    d, split = cfg.data, cfg.eval.split
+    annotations = (d.test_annotations or d.val_annotations) if split == "test" else d.val_annotations
+    if not annotations:
+        source = config or f"{args.checkpoint} ({described})"
+        raise DataError(f"no data to evaluate: {source} names no {split} annotations; give "
+                        f"data.val_annotations=FILE (and data.root=DIR, data.classes_file=FILE) or a CONFIG.yaml")
+    run_eval(cfg, trust_checkpoint=args.trust_checkpoint)
     return 0

@@ -4,8 +4,10 @@
     stts flops mvit_b_16x4 --selection T0_0.5-S4_0.7 --json
     stts flops mvit_b_16x4 --frames 32 --size 256      # another clip shape
 
-The model is built and run on the meta device (shapes only), in eval mode, so selectors take their
-hard top-K and the blocks after them are counted at their reduced size. For a published model the
+The model is built for the clip (--frames, --size) and run on the meta device (shapes only), in eval
+mode, so selectors take their hard top-K and the blocks after them are counted at their reduced size.
+--frames and --size must be positive multiples of the model's patch stride (its token grid), and
+--batch-size at least 1; a plan that does not fit the clip is an error naming it. For a published model the
 zoo's figures come along: `official_gflops` (fvcore on the authors' code, the yardstick) and
 `readme_gflops` (the authors' README; two MViT figures there cannot be reproduced by their code).
 """
@@ -13,38 +15,73 @@ zoo's figures come along: `official_gflops` (fvcore on the authors' code, the ya
 from __future__ import annotations
 
 import json
-import sys
+
+from stts.errors import UsageError
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="NAME", help="a registered name (see `stts list-models`)")
     parser.add_argument("--selection", default=None, metavar="PLAN",
                         help="selection plan added to a dense model, e.g. T0_0.5-S4_0.7")
-    parser.add_argument("--frames", type=int, default=0, help="clip length T (default: the model's)")
-    parser.add_argument("--size", type=int, default=0, help="crop size H = W (default: the model's)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="clip length T, a multiple of the temporal patch stride (default: the model's)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="crop size H = W, a multiple of the spatial patch stride (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--kwargs", default="{}", help="JSON builder kwargs, e.g. '{\"num_classes\": 174}'")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def flops_report(name: str, *, selection: str | None = None, frames: int = 0, size: int = 0, batch_size: int = 1,
-                 **kwargs) -> dict:
+def build_for_clip(name: str, *, selection: str | None = None, frames: int | None = None, size: int | None = None,
+                   **kwargs):
+    """`create_model` for a clip of `frames` x `size` (None: the model's default); UsageError naming the
+    option when a value is not positive, does not tile into the model's patches, or the model or its
+    plan cannot be built for it."""
+    from stts.models import create_model
+
+    for option, value in (("--frames", frames), ("--size", size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option} {value}: must be >= 1")
+    clip = {**({"num_frames": frames} if frames is not None else {}), **({"img_size": size} if size is not None else {})}
+    try:
+        model = create_model(name, selection=selection, **clip, **kwargs)
+    except (TypeError, ValueError) as e:  # unknown name, plan or kwarg; a plan that does not fit the clip
+        raise UsageError(f"{name}{f' with selection {selection}' if selection else ''}: {e}") from None
+    stride = _patch_stride(model)
+    if stride is not None:
+        for option, value, s in (("--frames", frames, stride[0]), ("--size", size, stride[1])):
+            if value is not None and value % s:
+                raise UsageError(f"{option} {value}: {name} cuts clips into {stride[0]}x{stride[1]}x{stride[2]} "
+                                 f"(T x H x W) patches, so it must be a multiple of {s}")
+    return model
+
+
+def _patch_stride(model) -> tuple[int, int, int] | None:
+    """(t, h, w) stride of the model's patch embedding, if it has the usual `patch_embed.proj` conv."""
+    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    stride = getattr(proj, "stride", None)
+    return tuple(stride) if stride is not None and len(stride) == 3 else None
+
+
+def flops_report(name: str, *, selection: str | None = None, frames: int | None = None, size: int | None = None,
+                 batch_size: int = 1, **kwargs) -> dict:
     """GFLOPs, parameters and zoo figures of a registered model, as plain data."""
     import torch
 
     from stts.flops import count_flops
-    from stts.models import create_model
     from stts.models.zoo import ZOO
 
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: must be >= 1")
     with torch.device("meta"):  # no weights are allocated or initialised
-        model = create_model(name, selection=selection, **kwargs)
-    default = getattr(model, "input_size", None)  # (C, T, H, W) of the default clip
+        model = build_for_clip(name, selection=selection, frames=frames, size=size, **kwargs)
+    default = getattr(model, "input_size", None)  # (C, T, H, W) of the clip it was built for
     if default is None:
         if not (frames and size):
-            raise ValueError(f"{name} has no default input size: give --frames and --size")
+            raise UsageError(f"{name} has no default input size: give --frames and --size")
         default = (3, frames, size, size)
     C, T, H, W = default
-    shape = (batch_size, C, frames or T, size or H, size or W)
+    shape = (batch_size, C, T, H, W)
     fc = count_flops(model, shape)
     plan = getattr(model, "plan", None)
     selectors = sum(p.numel() for n, p in model.named_parameters() if n.startswith("selectors."))
@@ -60,7 +97,7 @@ def flops_report(name: str, *, selection: str | None = None, frames: int = 0, si
     }
     zoo = ZOO.get(name)
     # The zoo's figures describe the published configuration only: same plan, default clip, batch 1.
-    if zoo is not None and selection is None and not kwargs and shape == (1, C, T, H, W):
+    if zoo is not None and selection is None and not kwargs and frames is None and size is None and batch_size == 1:
         report["zoo"] = {
             "official_gflops": zoo.official_gflops,
             "readme_gflops": zoo.readme_gflops,
@@ -72,14 +109,20 @@ def flops_report(name: str, *, selection: str | None = None, frames: int = 0, si
     return report
 
 
-def run(args) -> int:
+def parse_kwargs(text: str) -> dict:
+    """--kwargs JSON -> dict; UsageError naming it."""
     try:
-        kwargs = json.loads(args.kwargs)
-        report = flops_report(args.model, selection=args.selection, frames=args.frames, size=args.size,
-                              batch_size=args.batch_size, **kwargs)
-    except (ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--kwargs {text!r}: not JSON: {e}") from None
+    if not isinstance(kwargs, dict):
+        raise UsageError(f"--kwargs {text!r}: expected a JSON object such as '{{\"num_classes\": 174}}'")
+    return kwargs
+
+
+def run(args) -> int:
+    report = flops_report(args.model, selection=args.selection, frames=args.frames, size=args.size,
+                          batch_size=args.batch_size, **parse_kwargs(args.kwargs))
     if args.json:
         print(json.dumps(report, indent=1))
         return 0

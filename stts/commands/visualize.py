@@ -9,6 +9,8 @@ own input size with Kinetics defaults; --frames, --size, --sampling-rate overrid
 centre crop. Prints the predicted class (named when the checkpoint, its config or --classes give names)
 and the files written. A video that cannot be read is reported and skipped; the exit status is 1 when
 no video worked. A model without selectors still gets pictures, every frame kept.
+The checkpoint is read safely (tensors and plain data only); --trust-checkpoint unpickles one the safe
+loader refuses, which runs any code a crafted file carries: only for files you trust.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from stts.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames between taken frames at the target fps (default: config)")
     parser.add_argument("--classes", default=None, metavar="FILE", help="class names, one per line")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle a checkpoint that the safe (weights-only) loader refuses. RISK: a "
+                             "crafted file runs code as it loads; only for files you trust")
 
 
 def _data_config(ckpt: dict, model, args):
@@ -39,6 +46,10 @@ def _data_config(ckpt: dict, model, args):
 
     from stts.data.config import DataConfig
 
+    for flag in ("frames", "size", "sampling_rate"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} {value}: must be >= 1")
     data = ((ckpt.get("config") or {}).get("data") or {})
     known = {f.name for f in fields(DataConfig)}
     if data:
@@ -64,7 +75,7 @@ def _class_names(ckpt: dict, cfg, args, num_classes: int) -> list[str] | None:
     """Names from --classes, the checkpoint, or the dataset files its config names (if still readable)."""
     from stts.data.annotations import read_classes
 
-    if args.classes:
+    if args.classes:  # the user's file: a missing or bad one is an error (DataError names it)
         return read_classes(args.classes)
     for key in ("classes", "class_names"):
         if isinstance(ckpt.get(key), (list, tuple)):
@@ -90,32 +101,25 @@ def run(args) -> int:
 
     import torch
 
-    from stts.checkpoint import CheckpointError, load_model, read_checkpoint
+    from stts.checkpoint import model_from_checkpoint, read_checkpoint
+    from stts.data.datasets import resolve_sampling
     from stts.data.decode import DecodeError, decode_frames
     from stts.data.sampling import sample_indices
     from stts.data.transforms import EvalTransform
+    from stts.engine.distributed import parse_device
     from stts.vis import kept_regions, plot_selection, save_selection_animation
 
-    try:
-        ckpt = read_checkpoint(args.checkpoint)
-        model = load_model(args.checkpoint)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    device = torch.device(args.device)
+    device = parse_device(args.device)
+    ckpt = read_checkpoint(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
+    model = model_from_checkpoint(ckpt, args.checkpoint)
     model.to(device).eval()
-    try:
-        cfg, source = _data_config(ckpt, model, args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg, source = _data_config(ckpt, model, args)  # a bad --frames / --size is a ConfigError naming it
     num_classes = getattr(model, "num_classes", 0)
     names = _class_names(ckpt, cfg, args, num_classes)
     selective = "return_selections" in inspect.signature(model.forward).parameters
     if not (selective and len(getattr(model, "selectors", ()))):
         print("note: the model has no selectors; every frame is drawn as kept")
-    fmt = cfg.format if cfg.format != "auto" else ""
-    sampling = cfg.sampling if cfg.sampling != "auto" else ("segment" if fmt == "ssv2" else "clip")
+    sampling = resolve_sampling(cfg, cfg.format)
     print(f"clips: {cfg.num_frames} frames ({sampling}, rate {cfg.sampling_rate}), short side "
           f"{cfg.test_short_side}, crop {cfg.crop_size} ({source})")
     # Two transforms, one geometry: normalised input for the model, [0, 1] pixels for the picture.
@@ -140,8 +144,7 @@ def run(args) -> int:
                 else:
                     logits, selections = model(x), {}
         except ValueError as e:  # clip settings the model cannot take (e.g. too few frames to select from)
-            print(f"error: {video}: the model rejects a {tuple(x.shape[1:])} clip: {e}", file=sys.stderr)
-            return 2
+            raise UsageError(f"{video}: the model rejects a {tuple(x.shape[1:])} clip (--frames, --size): {e}") from None
         prob = logits.float().softmax(-1)[0]
         p, c = prob.max(0)
         c = int(c)

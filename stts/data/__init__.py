@@ -9,17 +9,19 @@
         video, target = mix(batch["video"], batch["label"])   # (B, C, T, H, W), (B, num_classes)
 
 Items (`VideoDataset[i]`):
-- train: {"video": float (C, T, H, W) normalised, "label": int, "index": int, "bad": [str]}
+- train: {"video": float (C, T, H, W) normalised, "label": int, "index": int, "bad": [str], "padded": bool}
 - val / test: one item per (video, view): {"video", "label", "index": video index, "view": view index,
-  "bad": [str]}, len = num_videos * num_views; average the predictions per "index". A bad video's
-  eval items have no "video" and one "bad" entry.
+  "bad": [str], "padded": bool}, len = num_videos * num_views; average the predictions per "index". A bad
+  video's eval items have no "video" and one "bad" entry. "padded": the clip ran past the end of a short
+  video (frames repeated); training and evaluation count these.
 Batches (`collate`): the default-collated keys plus "bad" (list of "path: reason") and "num_bad" (int).
 The loader counts them in the main process and raises `BadDataError` past `max_skip_fraction`
 (see `stts.data.loader` and `stts.data.datasets` for the policy: training replaces a bad sample, evaluation
 leaves it out; a video with at least one decodable frame is not bad).
 
-Modules: decode (PyAV), sampling (frame indices), transforms + randaugment (tensor ops), mixup,
-annotations (Kinetics CSV, SSv2 JSON, folders), datasets, loader, synth (a synthetic dataset), check.
+Modules: decode (PyAV), sampling (frame indices: stts's, PySlowFast's and mmaction2's rules),
+transforms + randaugment (tensor ops), mixup, annotations (Kinetics CSV, SSv2 JSON, folders), datasets,
+loader, synth (a synthetic dataset), check.
 PyAV is imported inside the functions that decode, so importing this package does not load it.
 """
 
@@ -30,7 +32,7 @@ from stts.data.decode import DecodeError, VideoInfo, decode_frames, probe
 from stts.data.loader import DistributedEvalSampler, SkipStats, VideoLoader, build_loader, collate
 from stts.data.mixup import MixupCutmix
 from stts.data.randaugment import RandAugment
-from stts.data.sampling import clip_indices, segment_indices
+from stts.data.sampling import clip_indices, mmaction_indices, pyslowfast_indices, sample_indices, segment_indices
 from stts.data.transforms import EvalTransform, TrainTransform
 
 __all__ = [
@@ -49,7 +51,10 @@ __all__ = [
     "decode_frames",
     "probe",
     "clip_indices",
+    "pyslowfast_indices",
+    "mmaction_indices",
     "segment_indices",
+    "sample_indices",
     "TrainTransform",
     "EvalTransform",
     "RandAugment",

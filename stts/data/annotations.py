@@ -8,7 +8,9 @@
 - **Kinetics** (PySlowFast's CSV): one `path label` or `path,label` per line, the label an integer or a
   class name; blank lines and `#` comments are skipped, and so is a first line that is a header
   (`path,label`). Names map through `classes` (a classes file: one name per line, index = line);
-  without one, the sorted names of the training file define the classes.
+  without one, the sorted names of the training file define the classes, and a file that mixes
+  integer and name labels is an error (which index would a name have?). Files may start with a
+  UTF-8 byte-order mark (as spreadsheet exports do).
 - **Something-Something v2**: a JSON list of `{"id", "template", ...}` and the labels JSON
   `{"Approaching something with your camera": "0", ...}`. The label is the template with its
   brackets removed (`"Putting [something] on [something]"` -> `"Putting something on something"`), as
@@ -18,7 +20,8 @@
 
 Paths are joined to `root` (an absolute path stays as it is). A line or entry that cannot be used is
 not fatal here: it becomes an `AnnotationError("file:line", reason)`, logged by the caller; the
-dataset decides whether too many of them is an error (see `stts.data.datasets`).
+dataset decides whether too many of them is an error (see `stts.data.datasets`). A file that cannot
+be used at all (missing, unreadable, duplicate class names, mixed labels) raises `DataError` naming it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stts.errors import DataError
+
 __all__ = [
     "AnnotationError",
     "Annotations",
@@ -36,6 +41,7 @@ __all__ = [
     "read_ssv2",
     "read_folder",
     "kinetics_class_names",
+    "kinetics_labels",
     "detect_format",
     "VIDEO_EXTENSIONS",
 ]
@@ -71,15 +77,28 @@ def _join(root: str | os.PathLike, path: str) -> str:
     return path if os.path.isabs(path) or not root else os.path.join(str(root), path)
 
 
+def _read_text(path: str | os.PathLike, what: str) -> str:
+    """A text file (a leading UTF-8 byte-order mark dropped); DataError naming it if it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
 def read_classes(path: str | os.PathLike) -> list[str]:
     """One class name per line (blank lines ignored) -> names; index = position."""
-    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    names = [line.strip() for line in _read_text(path, "the classes file").splitlines()]
     names = [n for n in names if n]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    seen: dict[str, int] = {}
+    dup = []
+    for i, n in enumerate(names):
+        if n in seen:
+            dup.append(f"{n!r} (entries {seen[n] + 1} and {i + 1})")
+        seen.setdefault(n, i)
     if dup:
-        raise ValueError(f"{path}: duplicate class names {dup[:5]}")
+        raise DataError(f"{path}: duplicate class names: {', '.join(dup[:5])}")
     if not names:
-        raise ValueError(f"{path}: no class names")
+        raise DataError(f"{path}: no class names")
     return names
 
 
@@ -110,28 +129,47 @@ def _split_line(line: str, known: dict | None = None) -> tuple[str, str] | str:
 
 def _kinetics_lines(path: str | os.PathLike):
     """Yield (line number, text) of the lines that carry entries."""
-    with open(path, encoding="utf-8") as f:
-        first = True
-        for n, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if first:
-                first = False
-                parts = _split_line(line)
-                if isinstance(parts, tuple) and parts[1].lower() in ("label", "class", "label_id"):
-                    continue  # header
-            yield n, line
+    first = True
+    for n, raw in enumerate(_read_text(path, "annotation file").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if first:
+            first = False
+            parts = _split_line(line)
+            if isinstance(parts, tuple) and parts[1].lower() in ("label", "class", "label_id"):
+                continue  # header
+        yield n, line
+
+
+def _is_int(label: str) -> bool:
+    return label.lstrip("-").isdigit()
+
+
+def kinetics_labels(path: str | os.PathLike) -> tuple[str, list[str]]:
+    """The kind of labels a Kinetics file uses -> ("int", []) | ("name", sorted names) | ("", []) if empty.
+
+    Raises DataError when it mixes integer and name labels: without a classes file nothing says which
+    index a name has, and guessing would train on wrong labels."""
+    ints, names = [], []
+    for n, line in _kinetics_lines(path):
+        parts = _split_line(line)
+        if isinstance(parts, tuple):
+            (ints if _is_int(parts[1]) else names).append((n, parts[1]))
+    if ints and names:
+        show = lambda entries: ", ".join(f"line {n}: {lab!r}" for n, lab in entries[:3])  # noqa: E731
+        raise DataError(f"{path}: labels mix integers ({len(ints)} lines; {show(ints)}) and class names "
+                        f"({len(names)} lines; {show(names)}), and no classes file says which index a name has: "
+                        "give data.classes_file (one name per line, index = line) or use one kind of label")
+    if names:
+        return "name", sorted({lab for _, lab in names})
+    return ("int" if ints else ""), []
 
 
 def kinetics_class_names(path: str | os.PathLike) -> list[str]:
-    """Sorted non-integer labels of a Kinetics file (the classes when there is no classes file)."""
-    names = set()
-    for _, line in _kinetics_lines(path):
-        parts = _split_line(line)
-        if isinstance(parts, tuple) and not parts[1].lstrip("-").isdigit():
-            names.add(parts[1])
-    return sorted(names)
+    """Sorted name labels of a Kinetics file (the classes when there is no classes file); [] for integer
+    labels. DataError if it mixes both kinds."""
+    return kinetics_labels(path)[1]
 
 
 def read_kinetics(
@@ -145,7 +183,7 @@ def read_kinetics(
     num_classes is `len(classes)` or the given `num_classes` (0: no upper bound)."""
     path = str(path)
     if classes is None:
-        classes = kinetics_class_names(path) or None
+        classes = kinetics_class_names(path) or None  # DataError if the labels mix integers and names
     index = {c: i for i, c in enumerate(classes)} if classes else {}
     limit = len(classes) if classes else num_classes
     samples, errors = [], []
@@ -156,7 +194,7 @@ def read_kinetics(
             errors.append(AnnotationError(where, f"{parts}: {line[:80]!r}"))
             continue
         video, label = parts
-        if label.lstrip("-").isdigit():
+        if _is_int(label):
             y = int(label)
             if y < 0 or (limit and y >= limit):
                 errors.append(AnnotationError(where, f"label {y} out of range [0, {limit})"))
@@ -187,24 +225,24 @@ def read_ssv2(
     """Parse a Something-Something v2 annotation JSON through its labels JSON."""
     path = str(path)
     try:
-        labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{labels_file}: cannot read the SSv2 labels JSON: {e}") from None
+        labels = json.loads(_read_text(labels_file, "the SSv2 labels JSON"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{labels_file}: the SSv2 labels JSON is not valid JSON: {e}") from None
     if not isinstance(labels, dict):
-        raise ValueError(f"{labels_file}: expected an object {{template: index}}, got {type(labels).__name__}")
+        raise DataError(f"{labels_file}: expected an object {{template: index}}, got {type(labels).__name__}")
     try:
         index = {_template_to_label(k): int(v) for k, v in labels.items()}
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{labels_file}: label indices must be integers: {e}") from None
+        raise DataError(f"{labels_file}: label indices must be integers: {e}") from None
     classes = [""] * (max(index.values(), default=-1) + 1)
     for name, i in index.items():
         classes[i] = name
     try:
-        entries = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the SSv2 annotation JSON: {e}") from None
+        entries = json.loads(_read_text(path, "the SSv2 annotation JSON"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: the SSv2 annotation JSON is not valid JSON: {e}") from None
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a list of entries, got {type(entries).__name__}")
+        raise DataError(f"{path}: expected a list of entries, got {type(entries).__name__}")
     ext = video_extension if video_extension.startswith(".") or not video_extension else "." + video_extension
     samples, errors = [], []
     for i, entry in enumerate(entries):
@@ -228,7 +266,7 @@ def read_folder(folder: str | os.PathLike, *, classes: list[str] | None = None) 
     """Scan `<folder>/<class>/**/<video>`; files without a video extension are ignored."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{folder}: not a directory (folder format expects <folder>/<class>/<videos>)")
+        raise DataError(f"{folder}: not a directory (folder format expects <folder>/<class>/<videos>)")
     dirs = sorted(d.name for d in folder.iterdir() if d.is_dir())
     classes = list(classes) if classes is not None else dirs
     index = {c: i for i, c in enumerate(classes)}

@@ -10,7 +10,9 @@ Choices made where the recipe is silent:
 - test: short side 224, centre crop 224, 5 temporal clips x 1 crop (MViT-B's Kinetics test views;
   `num_spatial_crops=3` gives the Swin-style left/centre/right crops). The `val` split (validation
   during training) always takes one centred clip and one centre crop: cheap, and comparable over epochs.
-- `sampling="auto"`: segment sampling for SSv2, clip sampling otherwise.
+- `sampling="auto"`: segment sampling for SSv2, stts's clip rule otherwise. The published recipes
+  name the rule their models were tested with: `pyslowfast` (MViT) or `mmaction` (Video Swin); see
+  `stts.data.sampling`.
 - `flip`: on, as for Kinetics; turn it off for SSv2, whose labels say left and right.
 """
 
@@ -19,11 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stts.data.transforms import KINETICS_MEAN, KINETICS_STD
+from stts.errors import ConfigError
 
 __all__ = ["DataConfig", "FORMATS", "SAMPLINGS"]
 
 FORMATS = ("auto", "kinetics", "ssv2", "folder")
-SAMPLINGS = ("auto", "clip", "segment")
+SAMPLINGS = ("auto", "clip", "pyslowfast", "mmaction", "segment")
 
 
 @dataclass
@@ -40,10 +43,11 @@ class DataConfig:
     num_classes: int = 0  # 0 = from the classes / labels / annotations
 
     # --- temporal sampling ---
-    sampling: str = "auto"  # clip (Kinetics) | segment (SSv2) | auto
+    # auto (segment for SSv2, else clip) | clip (stts) | pyslowfast (MViT's test views) | mmaction (Swin's) | segment
+    sampling: str = "auto"
     num_frames: int = 16
     sampling_rate: int = 4  # frames between taken frames, counted at target_fps
-    target_fps: float = 30.0  # 0 = the video's own rate
+    target_fps: float = 30.0  # 0 = the video's own rate (mmaction sampling ignores it: source frames)
 
     # --- spatial: training ---
     crop_size: int = 224
@@ -86,20 +90,20 @@ class DataConfig:
 
     def __post_init__(self):
         if self.format not in FORMATS:
-            raise ValueError(f"DataConfig.format: unknown value {self.format!r}; expected one of {FORMATS}")
+            raise ConfigError(f"DataConfig.format: unknown value {self.format!r}; expected one of {FORMATS}")
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"DataConfig.sampling: unknown value {self.sampling!r}; expected one of {SAMPLINGS}")
+            raise ConfigError(f"DataConfig.sampling: unknown value {self.sampling!r}; expected one of {SAMPLINGS}")
         if self.num_spatial_crops not in (1, 3):
-            raise ValueError(f"DataConfig.num_spatial_crops: expected 1 or 3, got {self.num_spatial_crops}")
+            raise ConfigError(f"DataConfig.num_spatial_crops: expected 1 or 3, got {self.num_spatial_crops}")
         for name in ("num_frames", "sampling_rate", "crop_size", "num_temporal_views", "test_short_side"):
             if getattr(self, name) < 1:
-                raise ValueError(f"DataConfig.{name}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"DataConfig.{name}: must be >= 1, got {getattr(self, name)}")
         if self.test_short_side < self.crop_size:
-            raise ValueError(
+            raise ConfigError(
                 f"DataConfig.test_short_side ({self.test_short_side}) must be >= crop_size ({self.crop_size})"
             )
         if not 0 <= self.max_skip_fraction <= 1:
-            raise ValueError(f"DataConfig.max_skip_fraction: must be in [0, 1], got {self.max_skip_fraction}")
+            raise ConfigError(f"DataConfig.max_skip_fraction: must be in [0, 1], got {self.max_skip_fraction}")
         # YAML gives lists; keep tuples so configs compare equal however they were made.
         for name in ("rrc_scale", "rrc_ratio", "train_jitter_scales", "mean", "std"):
             setattr(self, name, tuple(getattr(self, name)))

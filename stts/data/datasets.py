@@ -2,7 +2,8 @@
 
     ds = build_dataset(cfg, "train")          # ds[i] -> {"video": (C, T, H, W), "label", "index", "bad"}
     ds = build_dataset(cfg, "test")           # one item per (video, view): len = num_videos * num_views
-    ds[7]                                     # {"video", "label", "index": 7 // num_views, "view": 7 % num_views, "bad"}
+    ds[7]                                     # {"video", "label", "index": 7 // num_views, "view": 7 % num_views, "bad",
+                                              #  "padded"}
 
 Bad data (a missing, empty, truncated-to-nothing or undecodable file) never raises out of
 `__getitem__`; the item says what happened in `"bad"`, a list of "path: reason" strings:
@@ -14,10 +15,13 @@ a later draw of it costs nothing. `stts.data.loader.VideoLoader` counts the "bad
 batch in the main process and fails past `max_skip_fraction`.
 
 A video with at least one decodable frame is never bad: a clip longer than the video repeats
-its last frames (indices clamped), and a file that breaks mid-way is used up to the break.
+its last frames (indices clamped, or looped by the mmaction rule), and a file that breaks mid-way is
+used up to the break. Such an item says `"padded": True`; training and evaluation count them.
 
 Unusable annotation lines (malformed, unknown label) are logged with file:line at build time and
-left out; more than `max_skip_fraction` of them is an error.
+left out; more than `max_skip_fraction` of them is an error. Without a classes file every split takes
+its classes (names, or the number of integer labels) from the training annotations, so all splits
+agree on the class count; a split whose labels are of the other kind is a `DataError`.
 
 Each item's randomness comes from its own generator seeded by (seed, epoch, index, attempt): an item
 is the same whichever worker builds it, and two loaders with one seed give identical batches.
@@ -36,7 +40,7 @@ from torch.utils.data import Dataset
 from stts.data.annotations import (
     Annotations,
     detect_format,
-    kinetics_class_names,
+    kinetics_labels,
     read_classes,
     read_folder,
     read_kinetics,
@@ -46,16 +50,12 @@ from stts.data.config import DataConfig
 from stts.data.decode import DecodeError, VideoInfo, decode_all, decode_frames
 from stts.data.sampling import sample_indices
 from stts.data.transforms import EvalTransform, TrainTransform
+from stts.errors import BadDataError, DataError
 
-__all__ = ["VideoDataset", "BadDataError", "build_dataset", "load_annotations", "resolve_format"]
+__all__ = ["VideoDataset", "BadDataError", "build_dataset", "load_annotations", "resolve_format", "resolve_sampling"]
 
 logger = logging.getLogger("stts.data")
 SPLITS = ("train", "val", "test")
-
-
-class BadDataError(RuntimeError):
-    """Too many bad samples (or annotation entries): the message names the count, the fraction and
-    the last reasons."""
 
 
 def _item_seed(*keys: int) -> int:
@@ -129,32 +129,39 @@ class VideoDataset(Dataset):
 
     # --- loading -----------------------------------------------------------------------------------
 
-    def _decode(self, video: int, view: int, generator: torch.Generator | None) -> torch.Tensor:
+    def _decode(self, video: int, view: int, generator: torch.Generator | None) -> tuple[torch.Tensor, bool]:
+        """-> (frames (T, H, W, 3) uint8, padded: the clip ran past the video's last frame)."""
         path = self.samples[video][0]
         if video in self._known_bad:
             raise DecodeError(path, self._known_bad[video])
+        wanted: list = []
 
         def indices(info: VideoInfo) -> list[int]:
-            return sample_indices(
+            idx, padded = sample_indices(
                 self.sampling, info.num_frames, self.num_frames, self.sampling_rate,
                 fps=info.fps, target_fps=self.target_fps or None,
-                view=view, num_views=self.num_temporal_views, generator=generator,
+                view=view, num_views=self.num_temporal_views, generator=generator, return_padded=True,
             )
+            wanted[:] = [idx, padded]
+            return idx
 
         try:
             if self._decoded is None:
-                frames, _ = decode_frames(path, indices)
+                frames, info = decode_frames(path, indices)
+                last = info.last_index  # the decoder clamps past the last frame that really decodes
             else:
                 if video not in self._decoded:
                     self._decoded[video] = decode_all(path)
                 every, info = self._decoded[video]  # (N, H, W, 3)
+                last = len(every) - 1
                 # Past the last decodable frame, repeat it (as decode_frames does for short videos).
-                frames = every[torch.as_tensor(list(indices(info)), dtype=torch.long).clamp_(0, len(every) - 1)]
+                frames = every[torch.as_tensor(list(indices(info)), dtype=torch.long).clamp_(0, last)]
         except DecodeError as e:
             self._known_bad[video] = e.reason
             logger.warning("bad video %s: %s", e.path, e.reason)
             raise
-        return frames
+        idx, padded = wanted
+        return frames, bool(padded or max(idx) > last)
 
     def _train_item(self, index: int) -> dict:
         bad: list[str] = []
@@ -167,11 +174,12 @@ class VideoDataset(Dataset):
                 video = int(torch.randint(self.num_videos - 1, (), generator=g))
                 video += video >= index
             try:
-                frames = self._decode(video, 0, g)
+                frames, padded = self._decode(video, 0, g)
             except DecodeError as e:
                 bad.append(f"{e.path}: {e.reason}")
                 continue
-            return {"video": self.transform(frames, generator=g), "label": self.samples[video][1], "index": video, "bad": bad}
+            return {"video": self.transform(frames, generator=g), "label": self.samples[video][1], "index": video,
+                    "bad": bad, "padded": padded}
         raise BadDataError(
             f"{len(bad)} bad videos in a row while building training item {index} "
             f"(max_retries={self.max_retries}); last: {bad[-3:]}"
@@ -183,14 +191,15 @@ class VideoDataset(Dataset):
         key = (video, temporal)
         try:
             if self._cache is not None and self._cache[0] == key:
-                frames = self._cache[1]
+                frames, padded = self._cache[1]
             else:
-                frames = self._decode(video, temporal, None)
-                self._cache = (key, frames)
+                frames, padded = self._decode(video, temporal, None)
+                self._cache = (key, (frames, padded))
         except DecodeError as e:
             return {"index": video, "view": view, "bad": [f"{e.path}: {e.reason}"]}
         clip = self.transform(frames, crops=[crop] if self.num_spatial_crops > 1 else None)[0]
-        return {"video": clip, "label": self.samples[video][1], "index": video, "view": view, "bad": []}
+        return {"video": clip, "label": self.samples[video][1], "index": video, "view": view, "bad": [],
+                "padded": padded}
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
@@ -216,12 +225,22 @@ def resolve_format(cfg: DataConfig, annotations: str) -> str:
     return "folder" if os.path.isdir(_folder(cfg, annotations)) else detect_format(annotations)
 
 
+def resolve_sampling(cfg: DataConfig, fmt: str) -> str:
+    """cfg.sampling, or for "auto": segment for SSv2, stts's clip rule otherwise."""
+    if cfg.sampling != "auto":
+        return cfg.sampling
+    return "segment" if fmt == "ssv2" else "clip"
+
+
 def _split_annotations(cfg: DataConfig, split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     path = {"train": cfg.train_annotations, "val": cfg.val_annotations, "test": cfg.test_annotations or cfg.val_annotations}[split]
     if not path:
-        raise ValueError(f"DataConfig: no annotations for split {split!r} (set {split}_annotations)")
+        keys = {"train": "data.train_annotations", "val": "data.val_annotations",
+                "test": "data.test_annotations (or data.val_annotations)"}[split]
+        raise DataError(f"{keys} is empty: the {split} split needs an annotation file (Kinetics CSV, SSv2 JSON "
+                        "or a folder of class folders)")
     return path
 
 
@@ -233,16 +252,30 @@ def load_annotations(
     cfg: DataConfig, annotations: str, *, fmt: str | None = None, classes_from: str | None = None
 ) -> Annotations:
     """Read one annotation file (or folder) as `cfg` says. `classes_from`: the training annotations,
-    whose sorted names define the classes when a Kinetics file has name labels and no classes file."""
+    which define the classes when there is no classes file: their sorted names, or for integer labels
+    their count (so that a split missing the top class still has all the classes)."""
     fmt = fmt or resolve_format(cfg, annotations)
     classes = read_classes(cfg.classes_file) if cfg.classes_file else None
     if fmt == "kinetics":
+        if not os.path.isfile(annotations):
+            raise DataError(f"annotation file not found: {annotations}")
+        num_classes = cfg.num_classes
         if classes is None and classes_from and os.path.isfile(classes_from):
-            classes = kinetics_class_names(classes_from) or None
-        return read_kinetics(annotations, root=cfg.root, classes=classes, num_classes=cfg.num_classes)
+            train_kind, names = kinetics_labels(classes_from)  # DataError if it mixes integers and names
+            own_kind = train_kind if os.path.samefile(classes_from, annotations) else kinetics_labels(annotations)[0]
+            if train_kind and own_kind and own_kind != train_kind:
+                raise DataError(f"{annotations} has {_KIND_NAMES[own_kind]} labels but the training annotations "
+                                f"{classes_from} have {_KIND_NAMES[train_kind]} labels, and no classes file maps "
+                                "one to the other: give data.classes_file or use one kind of label")
+            if train_kind == "name":
+                classes = names
+            elif train_kind == "int" and not num_classes:  # data.num_classes, when given, bounds the labels
+                num_classes = _integer_class_count(classes_from)
+        return read_kinetics(annotations, root=cfg.root, classes=classes, num_classes=num_classes)
     if fmt == "ssv2":
         if not cfg.labels_file:
-            raise ValueError("DataConfig.labels_file: the SSv2 format needs the labels JSON (labels.json)")
+            raise DataError("data.labels_file is empty: the SSv2 format (data.format=ssv2 or a .json annotation "
+                            "file) needs the labels JSON (something-something-v2-labels.json)")
         return read_ssv2(annotations, labels_file=cfg.labels_file, root=cfg.root, video_extension=cfg.video_extension)
     if fmt == "folder":
         if classes is None and classes_from:
@@ -253,9 +286,20 @@ def load_annotations(
     raise ValueError(f"unknown annotation format {fmt!r}")
 
 
+_KIND_NAMES = {"int": "integer", "name": "class-name"}
+
+
+def _integer_class_count(path: str) -> int:
+    """1 + the largest valid integer label of a Kinetics file."""
+    ann = read_kinetics(path)
+    return max((y for _, y in ann.samples), default=-1) + 1
+
+
 def _check_annotation_errors(ann: Annotations, max_fraction: float) -> None:
     for err in ann.errors:
         logger.warning("bad annotation %s", err)
+    if not ann.num_entries:
+        raise DataError(f"{ann.source}: no entries (an empty annotation file or folder)")
     if not ann.samples:
         raise BadDataError(f"{ann.source}: no usable entries ({len(ann.errors)} bad; first: {[str(e) for e in ann.errors[:3]]})")
     frac = len(ann.errors) / ann.num_entries
@@ -278,9 +322,9 @@ def build_dataset(cfg: DataConfig, split: str, *, seed: int = 0) -> VideoDataset
     classes = ann.classes
     if cfg.num_classes and cfg.num_classes != len(classes):
         if cfg.num_classes < len(classes):
-            raise ValueError(f"DataConfig.num_classes={cfg.num_classes} but {path} has {len(classes)} classes")
+            raise DataError(f"data.num_classes={cfg.num_classes} but {path} has {len(classes)} classes")
         classes = classes + [str(i) for i in range(len(classes), cfg.num_classes)]
-    sampling = cfg.sampling if cfg.sampling != "auto" else ("segment" if fmt == "ssv2" else "clip")
+    sampling = resolve_sampling(cfg, fmt)
     train = split == "train"
     if train:
         transform = TrainTransform(

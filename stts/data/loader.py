@@ -4,7 +4,8 @@
     for epoch in range(epochs):
         loader.set_epoch(epoch)               # reshuffles (and reseeds the clips); optional, see below
         for batch in loader: ...              # batch["video"] (B, C, T, H, W), batch["label"] (B,), ...
-    loader.skips                              # SkipStats(seen=..., bad=..., last=[...]) in this process
+    loader.skips                              # SkipStats(seen=..., bad=..., last=[...], reasons={...}) here
+    loader.check_skips()                      # BadDataError if bad / seen > max_skip_fraction (any count)
 
 Batches are `collate`d dicts: the default-collated item keys ("video", "label", "index", and "view"
 for evaluation) plus two of bookkeeping:
@@ -15,7 +16,8 @@ Because the batch carries them, the counts reach the main process whatever the n
 `VideoLoader.__iter__` adds them up in `skips` and raises `BadDataError` when bad / seen exceeds
 `max_skip_fraction` (judged once `skip_check_after` samples were seen, and at the end of every
 pass); "seen" counts good items plus bad samples. An evaluation batch whose items were all bad is
-counted and not yielded.
+counted and not yielded. A training loop that stops before a pass ends (a fixed number of steps)
+calls `check_skips()` itself at each epoch's end, so the limit holds in short runs too.
 
 Samplers: training uses `DistributedSampler(shuffle=True, seed)` with the real rank and world size
 (1 and 0 without DDP), so one code path serves both; evaluation shards `range(rank, N, world)`
@@ -41,7 +43,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, SequentialSampler, default_collate
 
 from stts.data.config import DataConfig
-from stts.data.datasets import BadDataError
+from stts.errors import BadDataError
 
 __all__ = ["build_loader", "VideoLoader", "SkipStats", "collate", "worker_init_fn", "DistributedEvalSampler"]
 
@@ -82,15 +84,32 @@ class DistributedEvalSampler(Sampler[int]):
 
 @dataclass
 class SkipStats:
-    """Samples seen and bad ones, in this process, since the loader was built."""
+    """Samples seen and bad ones, in this process, since the loader was built.
+
+    last: the latest reasons; reasons: every distinct "path: reason" with how often it was met."""
 
     seen: int = 0
     bad: int = 0
     last: deque = field(default_factory=lambda: deque(maxlen=5))
+    reasons: dict = field(default_factory=dict)
 
     @property
     def fraction(self) -> float:
         return self.bad / self.seen if self.seen else 0.0
+
+    def add(self, seen: int, bad: list[str]) -> None:
+        self.seen += seen
+        self.bad += len(bad)
+        self.last.extend(bad)
+        for reason in bad:
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def error(self, max_fraction: float) -> "BadDataError | None":
+        """The BadDataError to raise when bad / seen is above `max_fraction`, else None."""
+        if not (self.bad and self.fraction > max_fraction):
+            return None
+        return BadDataError(f"{self.bad} of {self.seen} samples seen ({self.fraction:.1%}) were bad, above "
+                            f"max_skip_fraction={max_fraction}; last reasons: {list(self.last)}")
 
 
 class VideoLoader(DataLoader):
@@ -110,26 +129,24 @@ class VideoLoader(DataLoader):
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
-    def _check(self, final: bool) -> None:
-        s = self.skips
-        if s.bad and (final or s.seen >= self.skip_check_after) and s.fraction > self.max_skip_fraction:
-            raise BadDataError(
-                f"{s.bad} of {s.seen} samples seen ({s.fraction:.1%}) were bad, above "
-                f"max_skip_fraction={self.max_skip_fraction}; last reasons: {list(s.last)}"
-            )
+    def check_skips(self) -> None:
+        """Raise BadDataError if more than max_skip_fraction of the samples seen so far were bad,
+        however few were seen (the end of an epoch, of a run)."""
+        err = self.skips.error(self.max_skip_fraction)
+        if err is not None:
+            raise err
 
     def __iter__(self):
         self.set_epoch(self.epoch)
         self.epoch += 1  # the next pass reshuffles unless set_epoch says otherwise
         for batch in super().__iter__():
             good = len(batch["index"]) if "index" in batch else 0
-            self.skips.seen += good + batch["num_bad"]
-            self.skips.bad += batch["num_bad"]
-            self.skips.last.extend(batch["bad"])
-            self._check(final=False)
+            self.skips.add(good + batch["num_bad"], batch["bad"])
+            if self.skips.seen >= self.skip_check_after:
+                self.check_skips()
             if good:
                 yield batch
-        self._check(final=True)
+        self.check_skips()
 
 
 def _rank_world(distributed: bool) -> tuple[int, int]:

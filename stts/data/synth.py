@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stts.errors import UsageError
+
 __all__ = ["make_synthetic_dataset", "synthetic_data_config", "class_names", "render_clip", "COLOURS", "SHAPES"]
 
 COLOURS = {
@@ -58,7 +60,7 @@ def _class_spec(c: int) -> tuple[str, str]:
 
 def class_names(num_classes: int) -> list[str]:
     if not 1 <= num_classes <= MAX_CLASSES:
-        raise ValueError(f"num_classes must be in [1, {MAX_CLASSES}], got {num_classes}")
+        raise UsageError(f"num_classes must be in [1, {MAX_CLASSES}], got {num_classes}")
     return ["_".join(_class_spec(c)) for c in range(num_classes)]
 
 
@@ -130,10 +132,35 @@ def render_clip(
     return np.clip(video, 0, 255).astype(np.uint8), meta
 
 
+def _check_synth_args(**a) -> None:
+    """UsageError naming the first argument make_synthetic_dataset cannot use (CLI: --size, --classes...)."""
+    def bad(name: str, why: str):
+        raise UsageError(f"{name}={a[name]}: {why}")
+
+    if not 1 <= a["num_classes"] <= MAX_CLASSES:
+        bad("num_classes", f"must be in [1, {MAX_CLASSES}] ({len(COLOURS)} colours x {len(SHAPES)} shapes)")
+    for name in ("clips_per_class", "num_frames", "size", "fps", "event_frames", "event_size", "temporal_stride"):
+        if a[name] < 1:
+            bad(name, "must be >= 1")
+    for name in ("val_clips_per_class", "num_distractors", "noise"):
+        if a[name] < 0:
+            bad(name, "must be >= 0")
+    if a["size"] % 4:
+        bad("size", "must be a multiple of 4 (4:2:0 video needs even sides, and the encoders 4-pixel steps)")
+    if a["event_size"] > a["size"]:
+        bad("event_size", f"the event's box must fit in the frame (size={a['size']})")
+    if a["event_frames"] > a["num_frames"]:
+        bad("event_frames", f"the event must fit in the clip (num_frames={a['num_frames']})")
+
+
 def _pick_codec(codec: str) -> str:
     import av
 
     if codec != "auto":
+        try:
+            av.codec.Codec(codec, "w")
+        except Exception:  # noqa: BLE001 - UnknownCodecError, or a decoder-only codec
+            raise UsageError(f"codec={codec!r}: PyAV has no such video encoder (try libx264, mpeg4 or auto)") from None
         return codec
     for name in ("libx264", "mpeg4"):
         try:
@@ -141,7 +168,7 @@ def _pick_codec(codec: str) -> str:
             return name
         except Exception:  # UnknownCodecError: not in this wheel
             continue
-    raise RuntimeError("PyAV has neither libx264 nor mpeg4 encoders")
+    raise UsageError("codec=auto: PyAV has neither libx264 nor mpeg4 encoders; give codec=<an encoder it has>")
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: int, codec: str) -> None:
@@ -187,14 +214,14 @@ def make_synthetic_dataset(
     {"root", "train_annotations", "val_annotations", "classes_file", "meta", "num_classes", "codec",
     "data_config": kwargs for DataConfig (clip sampling of all frames, no augmentation that could cut
     the event away)}."""
-    if event_frames > num_frames or event_size > size:
-        raise ValueError(f"event ({event_frames} frames, {event_size} px) larger than the clip ({num_frames}, {size})")
-    if size % 4:
-        raise ValueError(f"size must be a multiple of 4 (4:2:0 video), got {size}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_synth_args(num_classes=num_classes, clips_per_class=clips_per_class,
+                      val_clips_per_class=val_clips_per_class, num_frames=num_frames, size=size, fps=fps,
+                      event_frames=event_frames, event_size=event_size, temporal_stride=temporal_stride,
+                      num_distractors=num_distractors, noise=noise)
     classes = class_names(num_classes)
     codec = _pick_codec(codec)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "classes.txt").write_text("\n".join(classes) + "\n")
     render_kw = dict(
         num_frames=num_frames, size=size, event_frames=event_frames, event_size=event_size,

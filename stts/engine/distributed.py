@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "setup", "cleanup", "all_reduce", "all_reduce_mean", "all_gather_objects", "barrier"]
+__all__ = ["DistEnv", "setup", "cleanup", "all_reduce", "all_reduce_mean", "all_gather_objects", "barrier",
+           "parse_device"]
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,34 @@ class DistEnv:
         return self.rank == 0
 
 
+def parse_device(name: str, option: str = "--device") -> torch.device:
+    """"cpu" | "cuda" | "cuda:N" -> torch.device; UsageError naming `option` for anything else, or for
+    CUDA where there is none (a CPU-only torch build, no GPU, no such index)."""
+    from stts.errors import UsageError
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"{option} {name!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"{option} {name!r}: expected cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{option} {name}: CUDA is not available here (no GPU, or a CPU-only torch build); "
+                             "use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"{option} {name}: there are {torch.cuda.device_count()} CUDA devices (0-based)")
+    return dev
+
+
 def _pick_device(pref: str, local_rank: int) -> torch.device:
     if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={pref!r} but CUDA is not available")
+        from stts.errors import ConfigError
+
+        raise ConfigError(f"train.device={pref!r} but CUDA is not available here (no GPU, or a CPU-only torch "
+                          "build); use train.device=cpu or auto")
     if pref.startswith("cuda:") and "RANK" not in os.environ:
         return torch.device(pref)
     return torch.device("cuda", local_rank)

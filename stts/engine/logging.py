@@ -102,6 +102,12 @@ def train_summary(s: dict) -> str:
     ]
     if s.get("stopped_early"):
         lines.append(f"  stopped at train.max_steps={s['step']}; continue with train.resume=auto")
+    if "skipped_samples" in s:
+        skipped = (f"skipped {s['skipped_samples']} bad training samples (list: {s['bad_list']})"
+                   if s["skipped_samples"] else "no bad training samples")
+        padded = (f"; {s['padded_clips']} clips padded (videos shorter than a {s['clip']} clip repeat frames)"
+                  if s.get("padded_clips") else "")
+        lines.append(f"  data         {skipped}{padded}")
     lines += [
         f"  checkpoints  {s['out_dir']}/last.pt"
         + (f", {s['out_dir']}/best.pt" if s.get("best_top1") is not None else ""),
@@ -119,12 +125,18 @@ def eval_summary(r: dict, path) -> str:
         "=" * 72,
         f"stts eval: {r['model']}  plan {r['plan'] or 'dense'}  ({r['checkpoint']})",
         f"  {r['split']}: {r['videos']} of {r['num_videos']} videos, {r['views_per_video']} views each"
-        f" ({r['average']} averaged); skipped {r['skipped_videos']}",
+        f" ({r.get('sampling', 'clip')} sampling, {r['average']} averaged); skipped {r['skipped_videos']}",
         f"  top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  mean per-class {r['mean_class_acc']:.2f}%",
         f"  GFLOPs per view {r['gflops_per_view']:.4g}  x {r['views_per_video']} views = {r['gflops_per_video']:.4g}",
         f"  throughput {r['clips_per_s']:.1f} clips/s (model only; {r['world_size']} process(es), {r['device']}, "
         f"amp {r['amp']})  wall {_fmt_time(r['wall_s'])}",
     ]
+    if r.get("note"):
+        lines.append(f"  {r['note']}")
+    if r.get("padded_views"):
+        lines.append(f"  {r['padded_views']} views padded (videos shorter than the clip repeat frames)")
+    if r.get("nonfinite_views"):
+        lines.append(f"  WARNING {r['nonfinite_views']} views had non-finite logits; their videos count as wrong")
     sel = format_selections(r["selections"])
     if sel:
         lines += ["  selectors:"] + [f"    {line}" for line in sel.splitlines()]

@@ -68,7 +68,7 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, *, pretrained: str | None = None, selection: Any = None, strict: bool = True,
-                 **kwargs) -> nn.Module:
+                 trust_checkpoint: bool = False, **kwargs) -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -78,6 +78,8 @@ def create_model(name: str, *, pretrained: str | None = None, selection: Any = N
             STTS variants carry their own plan, so this is for dense names.
         strict: fail on missing or unexpected checkpoint keys; False to fine-tune a dense checkpoint
             into an STTS model (the scorers then start fresh).
+        trust_checkpoint: unpickle a `pretrained` file that the safe (weights-only) loader refuses.
+            Unpickling runs any code the file carries: only for files whose origin you trust.
         **kwargs: the backbone's keyword arguments (num_classes, drop_path_rate, num_frames, ...).
     """
     from stts.patch import patch  # local: patch imports selectors, which are not needed to list models
@@ -96,7 +98,7 @@ def create_model(name: str, *, pretrained: str | None = None, selection: Any = N
     if pretrained is not None:
         from stts.checkpoint import load_pretrained
 
-        load_pretrained(model, pretrained, strict=strict)
+        load_pretrained(model, pretrained, strict=strict, trust_checkpoint=trust_checkpoint)
     return model
 
 

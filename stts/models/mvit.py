@@ -583,11 +583,24 @@ def _official_cfg(ckpt: dict) -> dict | None:
         import yaml
 
         try:
-            cfg = yaml.safe_load(cfg)
-        except yaml.YAMLError:
-            # yacs may dump python tuples with tags safe_load refuses; the plain loader reads them.
-            cfg = yaml.load(cfg, Loader=yaml.FullLoader)  # noqa: S506 - trusted checkpoint, as torch.load
+            cfg = yaml.load(cfg, Loader=_yacs_loader())  # noqa: S506 - a SafeLoader, see _yacs_loader
+        except yaml.YAMLError as e:
+            raise ValueError(f"the PySlowFast config under 'cfg' is not YAML a safe loader reads: "
+                             f"{str(e).splitlines()[0]}") from None
     return cfg if isinstance(cfg, dict) else dict(cfg) if hasattr(cfg, "items") else None
+
+
+def _yacs_loader():
+    """yaml's SafeLoader plus the one tag yacs writes for tuples (`!!python/tuple`): builds plain data
+    only, never a Python object named by the file (as yaml's FullLoader could)."""
+    import yaml
+
+    class YacsLoader(yaml.SafeLoader):
+        pass
+
+    YacsLoader.add_constructor("tag:yaml.org,2002:python/tuple",
+                               lambda loader, node: tuple(loader.construct_sequence(node)))
+    return YacsLoader
 
 
 def model_kwargs_from_official(cfg: dict) -> dict:
