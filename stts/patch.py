@@ -49,8 +49,8 @@ def _order(spec: SelectorSpec):
 def patch(model: nn.Module, plan: "str | SelectionPlan", **settings) -> nn.Module:
     """Insert the selectors of `plan` into `model` (in place) and return it.
 
-    `settings` (num_samples, sigma, jacobian, variance_reduction, policy) override the plan's. Raises ValueError naming
-    the part of the plan the model cannot take; the model is left unchanged then.
+    `settings` (num_samples, sigma, jacobian, variance_reduction, policy) override the plan's. Raises
+    ValueError naming the part of the plan the model cannot take; the model is left unchanged then.
     """
     if not hasattr(model, "selection_dim") or not isinstance(getattr(model, "selectors", None), nn.ModuleDict):
         raise TypeError(f"{type(model).__name__} does not support token selection "

@@ -96,8 +96,8 @@ def _bad(plan: str, why: str) -> ValueError:
 
 
 def parse_plan(plan: "str | SelectionPlan | None", **settings) -> SelectionPlan:
-    """Parse a plan string (see module docstring); `settings` set num_samples, sigma, jacobian, variance_reduction,
-    policy."""
+    """Parse a plan string (see module docstring); `settings` set num_samples, sigma, jacobian,
+    variance_reduction, policy."""
     if isinstance(plan, SelectionPlan):
         return plan.with_options(**settings) if settings else plan
     if plan is None or str(plan).strip() in ("", "none", "dense"):

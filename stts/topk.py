@@ -31,7 +31,8 @@ Variance reduction (`variance_reduction=`), with f_j = <G, Y_j> (full) or f_j[d]
 
 Memory: a naive implementation materialises the (B, S, K, N) one-hots, and the full Jacobian
 (B, K, N, N). Neither is built here: the forward keeps the (B, S, K) indices and the (B, S, N) noise,
-and both estimators are gathers and scatters over them, O(B*S*(K+N) + B*K*N) in all.
+and both estimators, with any variance reduction, are gathers, scatters and sums over them,
+O(B*S*(K+N) + B*K*N) in all.
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ def _draw_noise(B: int, S: int, N: int, antithetic: bool, generator, device) -> 
 
 
 def _baseline_weights(f: Tensor, loo: bool, antithetic: bool) -> Tensor:
-    """f - b along dim 1 (the S samples), b the leave-one-out baseline of each sample (0 without loo).
+    """f - b (B, S) for f = <G, Y_j> (B, S), b the leave-one-out baseline of each sample (0 without loo).
 
-    f: (B, S) or (B, S, N). With antithetic pairs the baseline leaves the partner out too and cancels
-    within a pair (module docstring), so only an odd S's unpaired last sample gets one.
+    With antithetic pairs the baseline leaves the partner out too and cancels within a pair (module
+    docstring), so only an odd S's unpaired last sample gets one.
     """
     S = f.shape[1]
     if not loo:
