@@ -312,6 +312,7 @@ def _create_with_plan(cfg: dict, kwargs: dict) -> nn.Module:
     model = create_model(cfg["model"], **kwargs)
     for sel in model.selectors.values():
         sel.num_samples, sel.sigma, sel.jacobian = plan.num_samples, plan.sigma, plan.jacobian
+        sel.variance_reduction = plan.variance_reduction
     return model
 
 

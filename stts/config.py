@@ -38,6 +38,7 @@ class ModelConfig:
     sigma: Optional[float] = 0.1  # perturbed top-K noise at step 0 (published MViT: 0.1); null = model's
     num_samples: int = 500
     jacobian: str = ""  # "" = model's default; "full" | "diagonal"
+    variance_reduction: str = ""  # "" = model's default; "none" | "loo" | "antithetic" | "loo+antithetic"
     # learned (the STTS scorers) | uniform | random: the non-learned baselines at the same budget
     policy: str = "learned"
     finetune: str = ""  # dense / official / stts checkpoint to start from (non-strict: scorers start fresh)
@@ -234,6 +235,12 @@ def validate(cfg: RunConfig, sources: dict | None = None, *, check_paths: bool =
     check("model.sigma", m.sigma is None or m.sigma >= 0, "must be >= 0 (or null)")
     check("model.num_samples", m.num_samples >= 1, "must be >= 1")
     check("model.jacobian", m.jacobian in ("", "full", "diagonal"), "expected '', 'full' or 'diagonal'")
+    from stts.topk import VARIANCE_REDUCTIONS
+
+    check("model.variance_reduction", m.variance_reduction in ("", *VARIANCE_REDUCTIONS),
+          f"expected '' or one of {', '.join(VARIANCE_REDUCTIONS)}")
+    check("model.variance_reduction", "loo" not in m.variance_reduction or m.num_samples >= 2,
+          f"a leave-one-out baseline needs model.num_samples >= 2, got {m.num_samples}")
     check("model.policy", m.policy in ("learned", "uniform", "random"), "expected learned, uniform or random")
     check("model.policy", m.policy == "learned" or bool(m.selection),
           "a baseline policy replaces the scorers of model.selection: give the plan whose budget it matches")

@@ -27,7 +27,8 @@ __all__ = ["patch", "build_selector", "run_selectors"]
 
 def build_selector(spec: SelectorSpec, dim: int, plan: SelectionPlan) -> nn.Module:
     """The selector module for one spec, on tokens of `dim` channels."""
-    common = dict(num_samples=plan.num_samples, sigma=plan.sigma, jacobian=plan.jacobian, policy=plan.policy)
+    common = dict(num_samples=plan.num_samples, sigma=plan.sigma, jacobian=plan.jacobian,
+                  variance_reduction=plan.variance_reduction, policy=plan.policy)
     if spec.kind == "T":
         sel = TemporalSelector(dim, spec.ratio, keep=spec.keep, **common)
     elif spec.kind == "S":
@@ -48,8 +49,8 @@ def _order(spec: SelectorSpec):
 def patch(model: nn.Module, plan: "str | SelectionPlan", **settings) -> nn.Module:
     """Insert the selectors of `plan` into `model` (in place) and return it.
 
-    `settings` (num_samples, sigma, jacobian, policy) override the plan's. Raises ValueError naming
-    the part of the plan the model cannot take; the model is left unchanged then.
+    `settings` (num_samples, sigma, jacobian, variance_reduction, policy) override the plan's. Raises
+    ValueError naming the part of the plan the model cannot take; the model is left unchanged then.
     """
     if not hasattr(model, "selection_dim") or not isinstance(getattr(model, "selectors", None), nn.ModuleDict):
         raise TypeError(f"{type(model).__name__} does not support token selection "

@@ -64,6 +64,7 @@ class SelectionPlan:
     num_samples: int = 500
     sigma: float = 0.05
     jacobian: str = "full"
+    variance_reduction: str = "none"  # perturbed_topk's: none | loo | antithetic | loo+antithetic
     policy: str = "learned"
     options: dict = field(default_factory=dict, compare=False, hash=False)  # reserved for backbones
 
@@ -79,7 +80,7 @@ class SelectionPlan:
     def to_dict(self) -> dict:
         """Plain data for checkpoints; `SelectionPlan.from_dict` inverts it."""
         return dict(plan=str(self), num_samples=self.num_samples, sigma=self.sigma, jacobian=self.jacobian,
-                    policy=self.policy)
+                    variance_reduction=self.variance_reduction, policy=self.policy)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SelectionPlan":
@@ -95,7 +96,8 @@ def _bad(plan: str, why: str) -> ValueError:
 
 
 def parse_plan(plan: "str | SelectionPlan | None", **settings) -> SelectionPlan:
-    """Parse a plan string (see module docstring); `settings` set num_samples, sigma, jacobian, policy."""
+    """Parse a plan string (see module docstring); `settings` set num_samples, sigma, jacobian,
+    variance_reduction, policy."""
     if isinstance(plan, SelectionPlan):
         return plan.with_options(**settings) if settings else plan
     if plan is None or str(plan).strip() in ("", "none", "dense"):

@@ -177,7 +177,8 @@ class _Selector(nn.Module):
 
     kind = ""
 
-    def __init__(self, scorer_dim: int, num_samples: int, sigma: float, jacobian: str, policy: str, eps: float):
+    def __init__(self, scorer_dim: int, num_samples: int, sigma: float, jacobian: str, policy: str, eps: float,
+                 variance_reduction: str = "none"):
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -185,6 +186,7 @@ class _Selector(nn.Module):
         self.num_samples = num_samples
         self.sigma = sigma  # changed during training by set_sigma() / the sigma schedule
         self.jacobian = jacobian
+        self.variance_reduction = variance_reduction  # perturbed_topk's; keeps the estimator's expectation
         self.before: int | None = None  # block (or stage) index it runs before; set by stts.patch
         self.spec = None  # the plan's SelectorSpec, set by stts.patch
         self.scorer = Scorer(scorer_dim, eps=eps) if policy == "learned" else None
@@ -194,7 +196,8 @@ class _Selector(nn.Module):
         return self.training and self.policy == "learned"
 
     def topk_kwargs(self) -> dict:
-        return dict(num_samples=self.num_samples, sigma=self.sigma, jacobian=self.jacobian)
+        return dict(num_samples=self.num_samples, sigma=self.sigma, jacobian=self.jacobian,
+                    variance_reduction=self.variance_reduction)
 
     def baseline_scores(self, B: int, n: int, k: int, like: Tensor) -> Tensor:
         """Scores (B, n) whose top-k is the uniform (evenly spaced) or a random choice."""
@@ -206,7 +209,8 @@ class _Selector(nn.Module):
         return s.to(like.device).expand(B, n)
 
     def extra_repr(self) -> str:
-        return f"before={self.before}, policy={self.policy}, sigma={self.sigma}, jacobian={self.jacobian}"
+        vr = f", variance_reduction={self.variance_reduction}" if self.variance_reduction != "none" else ""
+        return f"before={self.before}, policy={self.policy}, sigma={self.sigma}, jacobian={self.jacobian}{vr}"
 
 
 def _carry_nonfinite(out: Tensor, scores: Tensor) -> Tensor:
@@ -234,8 +238,9 @@ class TemporalSelector(_Selector):
     kind = "temporal"
 
     def __init__(self, dim: int, ratio: float | None = None, *, keep: int | None = None, num_samples: int = 500,
-                 sigma: float = 0.05, jacobian: str = "full", policy: str = "learned", eps: float = 1e-5):
-        super().__init__(2 * dim, num_samples, sigma, jacobian, policy, eps)
+                 sigma: float = 0.05, jacobian: str = "full", policy: str = "learned", eps: float = 1e-5,
+                 variance_reduction: str = "none"):
+        super().__init__(2 * dim, num_samples, sigma, jacobian, policy, eps, variance_reduction)
         if (ratio is None) == (keep is None):
             raise ValueError("give exactly one of ratio and keep")
         self.ratio, self.keep = ratio, keep
@@ -275,8 +280,8 @@ class AnchorSelector(_Selector):
 
     def __init__(self, dim: int, ratio: float | None = None, *, anchor_size: int | None = None,
                  stride: int | None = None, num_samples: int = 500, sigma: float = 0.05, jacobian: str = "full",
-                 policy: str = "learned", eps: float = 1e-5):
-        super().__init__(dim, num_samples, sigma, jacobian, policy, eps)
+                 policy: str = "learned", eps: float = 1e-5, variance_reduction: str = "none"):
+        super().__init__(dim, num_samples, sigma, jacobian, policy, eps, variance_reduction)
         if (ratio is None) == (anchor_size is None):
             raise ValueError("give exactly one of ratio and anchor_size")
         self.ratio, self.anchor_size, self.stride = ratio, anchor_size, stride
@@ -332,8 +337,9 @@ class TokenSelector(_Selector):
     kind = "token"
 
     def __init__(self, dim: int, ratio: float | None = None, *, keep: int | None = None, num_samples: int = 500,
-                 sigma: float = 0.05, jacobian: str = "full", policy: str = "learned", eps: float = 1e-5):
-        super().__init__(dim, num_samples, sigma, jacobian, policy, eps)
+                 sigma: float = 0.05, jacobian: str = "full", policy: str = "learned", eps: float = 1e-5,
+                 variance_reduction: str = "none"):
+        super().__init__(dim, num_samples, sigma, jacobian, policy, eps, variance_reduction)
         if (ratio is None) == (keep is None):
             raise ValueError("give exactly one of ratio and keep")
         self.ratio, self.keep = ratio, keep

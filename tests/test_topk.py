@@ -46,12 +46,66 @@ def naive_grad_diagonal(scores, k, sigma, noise, G):
     return torch.einsum("bkd,bkd->bd", G, expected)
 
 
-def run(scores, k, sigma, seed, G, jacobian, num_samples, device="cpu"):
+def run(scores, k, sigma, seed, G, jacobian, num_samples, device="cpu", variance_reduction="none"):
     s = scores.clone().to(device).requires_grad_(True)
     g = torch.Generator(device=device).manual_seed(seed)
-    P = perturbed_topk(s, k, num_samples=num_samples, sigma=sigma, jacobian=jacobian, generator=g)
+    P = perturbed_topk(s, k, num_samples=num_samples, sigma=sigma, jacobian=jacobian, generator=g,
+                       variance_reduction=variance_reduction)
     P.backward(G.to(device))
     return P.detach(), s.grad
+
+
+VARIANTS = ["none", "loo", "antithetic", "loo+antithetic"]
+
+
+def naive_noise_antithetic(B, S, N, seed, device="cpu"):
+    """Sample j < S//2 is Z_j, sample j + S//2 is -Z_j, an odd S's last sample is one more fresh draw."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    half = S // 2
+    base = torch.randn(B, S - half, N, generator=g, device=device, dtype=torch.float32)
+    samples = []
+    for j in range(S):
+        if j < half:
+            samples.append(base[:, j])
+        elif j < 2 * half:
+            samples.append(-base[:, j - half])
+        else:
+            samples.append(base[:, half])
+    return torch.stack(samples, dim=1)  # (B, S, N)
+
+
+def naive_leave_out_baselines(f, antithetic):
+    """b_j, literally: the mean of f_i over the samples i independent of sample j (i != j, and i not
+    j's antithetic partner); 0 when there is none. f: (B, S) or (B, S, N)."""
+    S, half = f.shape[1], f.shape[1] // 2
+    b = torch.zeros_like(f)
+    for j in range(S):
+        partner = (j + half if j < half else j - half if j < 2 * half else None) if antithetic else None
+        others = [i for i in range(S) if i != j and i != partner]
+        if others:
+            b[:, j] = f[:, others].mean(dim=1)
+    return b
+
+
+def naive_grad_variant(scores, k, sigma, noise, G, jacobian, variance_reduction):
+    """Both estimators with materialised one-hots: sum_j (f_j - b_j) Z_j / (S sigma)."""
+    Y = naive_onehots(scores, k, sigma, noise)  # (B, S, K, N)
+    S = noise.shape[1]
+    if jacobian == "full":
+        f = torch.einsum("bkn,bskn->bs", G, Y)  # <G, Y_j>
+    else:
+        f = torch.einsum("bkd,bskd->bsd", G, Y)  # G at d where sample j kept d, one f per coordinate
+    if "loo" in variance_reduction:
+        f = f - naive_leave_out_baselines(f, "antithetic" in variance_reduction)
+    if jacobian == "full":
+        return torch.einsum("bs,bsd->bd", f, noise) / (S * sigma)
+    return (f * noise).sum(dim=1) / (S * sigma)
+
+
+def variant_noise(B, S, N, seed, variance_reduction, device="cpu"):
+    if "antithetic" in variance_reduction:
+        return naive_noise_antithetic(B, S, N, seed, device)
+    return naive_noise(B, S, N, seed, device)
 
 
 @pytest.mark.parametrize("B,N,k", [(3, 8, 4), (2, 9, 1), (2, 6, 6), (4, 12, 5)])
@@ -71,6 +125,61 @@ def test_matches_naive_reference(device, B, N, k, jacobian):
     ref = (naive_grad_full if jacobian == "full" else naive_grad_diagonal)(
         scores.to(device), k, sigma, noise, G.to(device))
     torch.testing.assert_close(grad, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("B,N,k", [(3, 8, 4), (2, 9, 1), (4, 12, 5)])
+@pytest.mark.parametrize("S", [2, 3, 7, 8])
+@pytest.mark.parametrize("jacobian", ["full", "diagonal"])
+@pytest.mark.parametrize("variance_reduction", VARIANTS)
+def test_variance_reduction_matches_naive_reference(device, B, N, k, S, jacobian, variance_reduction):
+    """The same noise, the literal definitions (leave-pair-out baselines included) on one-hots."""
+    torch.manual_seed(2)
+    sigma, seed = 0.3, 11
+    scores, G = torch.randn(B, N), torch.randn(B, k, N)
+    P, grad = run(scores, k, sigma, seed, G, jacobian, S, device, variance_reduction)
+    noise = variant_noise(B, S, N, seed, variance_reduction, device)
+    torch.testing.assert_close(P, naive_forward(scores.to(device), k, sigma, noise), atol=1e-6, rtol=0)
+    ref = naive_grad_variant(scores.to(device), k, sigma, noise, G.to(device), jacobian, variance_reduction)
+    torch.testing.assert_close(grad, ref, atol=1e-5, rtol=1e-5)
+    if variance_reduction == "none":  # the general reference agrees with the published einsums
+        old = (naive_grad_full if jacobian == "full" else naive_grad_diagonal)(
+            scores.to(device), k, sigma, noise, G.to(device))
+        torch.testing.assert_close(ref, old, atol=1e-5, rtol=1e-5)
+
+
+def test_loo_baseline_cancels_a_constant_upstream_gradient():
+    """G = c everywhere: <G, Y_j> = c*K for every sample and the true gradient is 0. The leave-one-out
+    baseline removes it exactly; the plain estimator returns c*K/(S sigma) * sum_j Z_j."""
+    scores, G = torch.randn(3, 10), torch.full((3, 4, 10), 2.5)
+    _, plain = run(scores, 4, 0.5, 0, G, "full", 50)
+    _, loo = run(scores, 4, 0.5, 0, G, "full", 50, variance_reduction="loo")
+    assert plain.abs().max() > 0.1
+    assert loo.abs().max() < 1e-5
+
+
+def test_antithetic_pairs_vanish_where_the_noise_cannot_change_the_selection():
+    """Score gaps of 1 and sigma 1e-3: every sample keeps the same set, the true gradient is 0 (to
+    exp(-(1/2e-3)^2 / 2)), and each pair's (f(Z) - f(-Z)) Z is 0 up to float32 rounding of the sum
+    (terms of ~50: ~1e-5); the plain sum is hundreds."""
+    scores, G = torch.arange(8.0).repeat(2, 1), torch.randn(2, 3, 8)
+    for jacobian in ("full", "diagonal"):
+        _, plain = run(scores, 3, 1e-3, 0, G, jacobian, 64)
+        _, anti = run(scores, 3, 1e-3, 0, G, jacobian, 64, variance_reduction="antithetic")
+        assert plain.abs().max() > 1.0 and anti.abs().max() < 1e-3
+
+
+def test_even_loo_plus_antithetic_is_antithetic():
+    """The leave-pair-out baseline is shared by both members of a pair, so it cancels (S even)."""
+    torch.manual_seed(0)
+    scores, G = torch.randn(3, 9), torch.randn(3, 4, 9)
+    for jacobian in ("full", "diagonal"):
+        for S in (2, 8):
+            _, a = run(scores, 4, 0.4, 5, G, jacobian, S, variance_reduction="antithetic")
+            _, b = run(scores, 4, 0.4, 5, G, jacobian, S, variance_reduction="loo+antithetic")
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+        _, a = run(scores, 4, 0.4, 5, G, jacobian, 7, variance_reduction="antithetic")
+        _, b = run(scores, 4, 0.4, 5, G, jacobian, 7, variance_reduction="loo+antithetic")
+        assert (a - b).abs().max() > 1e-3  # odd S: the unpaired sample gets a baseline
 
 
 def test_estimators_differ():
@@ -145,6 +254,66 @@ def test_full_estimator_matches_finite_differences():
     assert np.abs(fd).max() > 0.3  # the check is not vacuous
 
 
+UNBIASED_S0, UNBIASED_K, UNBIASED_SIGMA = np.array([0.3, -0.2, 0.1, 0.0]), 2, 0.5
+UNBIASED_G = np.array([[1.0, -0.5, 0.2, 0.7], [-0.3, 0.9, -1.0, 0.4]])
+
+
+@pytest.fixture(scope="module")
+def exact_jacobian():
+    """J[i, n, d] = d E[Y[i, n]] / d s_d of the exact expectation, by central differences (eps 1e-3).
+
+    Its error is below 1e-6 here (eps 1e-3 vs 2e-3: 9e-7 at most; a 4x finer quadrature: 1e-8).
+    """
+    eps = 1e-3
+    cols = [(exact_expected_indicator(UNBIASED_S0 + eps * e, UNBIASED_K, UNBIASED_SIGMA)
+             - exact_expected_indicator(UNBIASED_S0 - eps * e, UNBIASED_K, UNBIASED_SIGMA)) / (2 * eps)
+            for e in np.eye(len(UNBIASED_S0))]
+    return np.stack(cols, axis=-1)  # (K, N, N)
+
+
+@pytest.mark.parametrize("jacobian", ["full", "diagonal"])
+@pytest.mark.parametrize("variance_reduction,S", [("none", 4), ("loo", 4), ("antithetic", 4), ("antithetic", 3),
+                                                  ("loo+antithetic", 4), ("loo+antithetic", 3)])
+def test_every_variant_keeps_the_expectation(exact_jacobian, jacobian, variance_reduction, S):
+    """Mean of R independent S-sample estimates (R copies of one row) vs the exact target.
+
+    Targets (Stein's lemma, E[Y Z] = sigma * dE[Y]/ds): full, the gradient sum_{i,n} G[i,n] J[i,n,d];
+    diagonal, the authors' truncation sum_i G[i,d] J[i,d,d]. Few samples per estimate make the
+    biases a wrong baseline causes large (a baseline that includes sample j shrinks the estimate by
+    1/S, one that includes j's antithetic partner inflates it by 1/(S-1)); R = 200k rows make the
+    standard error <= 0.003. Tolerance: 5 standard errors (measured from the rows) + 1e-4 for the oracle,
+    so a bias of 1.5% of the largest entry fails.
+    """
+    J = exact_jacobian
+    if jacobian == "full":
+        target = np.einsum("kn,knd->d", UNBIASED_G, J)
+    else:
+        target = np.einsum("kd,kdd->d", UNBIASED_G, J)
+    R = 200_000
+    scores = torch.from_numpy(UNBIASED_S0).float().expand(R, -1)
+    G = torch.from_numpy(UNBIASED_G).float().expand(R, -1, -1)
+    _, grad = run(scores, UNBIASED_K, UNBIASED_SIGMA, 0, G, jacobian, S, variance_reduction=variance_reduction)
+    grad = grad.double().numpy()  # (R, N): independent estimates
+    mean, se = grad.mean(axis=0), grad.std(axis=0) / math.sqrt(R)
+    assert np.abs(target).max() > 0.3 and se.max() < 0.01  # the check is not vacuous
+    np.testing.assert_array_less(np.abs(mean - target), 5 * se + 1e-4)
+
+
+def test_antithetic_forward_is_unbiased():
+    """The antithetic indicator (S = 3: a pair and an unpaired sample) averages to the exact expectation.
+
+    R = 100k rows, each an independent estimate; tolerance 5 standard errors measured from the rows
+    (<= 1.6e-3, as entries lie in [0, 1]) plus 1e-6 for the oracle.
+    """
+    R = 100_000
+    s = torch.tensor([[0.3, -0.2, 0.1, 0.0]]).expand(R, -1)
+    exact = exact_expected_indicator(s[0].numpy(), 2, 0.5)
+    P = perturbed_topk(s, 2, num_samples=3, sigma=0.5, variance_reduction="antithetic",
+                       generator=torch.Generator().manual_seed(0)).double().numpy()  # (R, K, N)
+    se = P.std(axis=0) / math.sqrt(R)
+    np.testing.assert_array_less(np.abs(P.mean(axis=0) - exact), 5 * se + 1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Edge cases, dtypes, devices, memory.
 # ---------------------------------------------------------------------------------------------------
@@ -190,6 +359,35 @@ def test_k_equals_n_is_identity():
     assert torch.all(s.grad == 0)
 
 
+@pytest.mark.parametrize("variance_reduction", VARIANTS)
+def test_deterministic_cases_give_zero_gradient_with_every_variant(variance_reduction):
+    """sigma 0 (hard top-k) and k == N (identity): piecewise constant, true gradient exactly 0."""
+    s = torch.randn(3, 6, requires_grad=True)
+    for k, sigma in [(2, 0.0), (6, 0.5)]:
+        P = perturbed_topk(s, k, num_samples=5, sigma=sigma, variance_reduction=variance_reduction)
+        ref = torch.zeros(3, k, 6).scatter_(2, hard_topk(s.detach(), k)[:, :, None], 1.0)
+        torch.testing.assert_close(P, ref)
+        P.backward(torch.randn(3, k, 6))
+        assert torch.all(s.grad == 0)
+        s.grad = None
+
+
+def test_sample_counts_of_the_variants():
+    """S = 1: antithetic has no pair and is the plain draw; a leave-one-out baseline has nothing to
+    average and is refused."""
+    torch.manual_seed(0)
+    scores, G = torch.randn(2, 8), torch.randn(2, 3, 8)
+    for jacobian in ("full", "diagonal"):
+        P, a = run(scores, 3, 0.5, 4, G, jacobian, 1)
+        Q, b = run(scores, 3, 0.5, 4, G, jacobian, 1, variance_reduction="antithetic")
+        assert torch.equal(P, Q) and torch.equal(a, b)
+    for vr in ("loo", "loo+antithetic"):
+        with pytest.raises(ValueError, match=r"loo.*num_samples >= 2.*got 1"):
+            perturbed_topk(scores, 3, num_samples=1, variance_reduction=vr)
+    with pytest.raises(ValueError, match="variance_reduction"):
+        perturbed_topk(scores, 3, variance_reduction="control")
+
+
 def test_hard_topk_sorted_and_correct():
     torch.manual_seed(0)
     s = torch.randn(6, 20)
@@ -210,17 +408,20 @@ def test_generator_reproducible():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("jacobian", ["full", "diagonal"])
-def test_low_precision_accumulates_in_float32(device, dtype, jacobian):
+@pytest.mark.parametrize("variance_reduction", VARIANTS)
+def test_low_precision_accumulates_in_float32(device, dtype, jacobian, variance_reduction):
     torch.manual_seed(0)
     s = torch.randn(3, 12).to(dtype)
     G = torch.randn(3, 4, 12)
-    P, grad = run(s, 4, 0.3, 5, G.to(dtype), jacobian, 256, device)
+    P, grad = run(s, 4, 0.3, 5, G.to(dtype), jacobian, 256, device, variance_reduction)
     assert P.dtype == dtype and grad.dtype == dtype
     # Reference: the same rounded scores in float32, the same noise.
-    P32, grad32 = run(s.float(), 4, 0.3, 5, G.to(dtype).float(), jacobian, 256, device)
-    tol = 1e-2 if dtype == torch.bfloat16 else 1e-3
-    torch.testing.assert_close(P.float(), P32, atol=tol, rtol=0)
-    torch.testing.assert_close(grad.float(), grad32, atol=tol * 10, rtol=tol)
+    P32, grad32 = run(s.float(), 4, 0.3, 5, G.to(dtype).float(), jacobian, 256, device, variance_reduction)
+    # The computation is the same float32 one, so only the final rounding differs: P's entries are
+    # multiples of 1/256, exact in both dtypes; the gradient is off by half an ulp of the dtype.
+    torch.testing.assert_close(P.float(), P32, atol=0, rtol=0)
+    half_ulp = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11  # 7 and 10 stored mantissa bits
+    torch.testing.assert_close(grad.float(), grad32, atol=1e-6, rtol=half_ulp)
 
 
 def _largest_tensor(fn):
@@ -244,12 +445,14 @@ def _largest_tensor(fn):
 
 
 @pytest.mark.parametrize("jacobian", ["full", "diagonal"])
-def test_never_materialises_onehots(jacobian):
-    B, N, k, S = 2, 400, 200, 100
+@pytest.mark.parametrize("variance_reduction", VARIANTS)
+def test_never_materialises_onehots(jacobian, variance_reduction):
+    B, N, k, S = 2, 400, 200, 101  # odd: antithetic pairs plus one unpaired sample
     s = torch.randn(B, N, requires_grad=True)
 
     def fwd_bwd():
-        perturbed_topk(s, k, num_samples=S, sigma=0.1, jacobian=jacobian).backward(torch.randn(B, k, N))
+        perturbed_topk(s, k, num_samples=S, sigma=0.1, jacobian=jacobian,
+                       variance_reduction=variance_reduction).backward(torch.randn(B, k, N))
 
     largest = _largest_tensor(fwd_bwd)
     # O(B*S*(K+N) + B*K*N): the biggest tensors are the noise (B, S, N) and the indicator (B, K, N).
@@ -283,3 +486,54 @@ def test_public_names():
     for name in ["perturbed_topk", "hard_topk", "linear_sigma_schedule", "Scorer", "TemporalSelector",
                  "AnchorSelector", "TokenSelector", "patch", "create_model", "list_models", "load_model"]:
         assert hasattr(stts, name), name
+
+
+# ---------------------------------------------------------------------------------------------------
+# The setting travels like `jacobian`: plan, patch, selectors, checkpoints, run config, build_model.
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_variance_reduction_travels_like_jacobian(tmp_path, monkeypatch):
+    import stts.selectors
+    from stts.config import ConfigError, load_config
+    from stts.engine.train import build_model
+    from stts.plan import SelectionPlan, parse_plan
+    from test_engine_helpers import TINY_MVIT, TINY_PLAN
+
+    plan = parse_plan(TINY_PLAN, variance_reduction="loo", jacobian="diagonal")
+    assert plan.variance_reduction == "loo" and SelectionPlan.from_dict(plan.to_dict()) == plan
+    old = {k: v for k, v in plan.to_dict().items() if k != "variance_reduction"}  # a checkpoint from before
+    assert SelectionPlan.from_dict(old).variance_reduction == "none"
+
+    dense = stts.create_model("mvit_b_16x4", num_classes=3, num_frames=8, img_size=32, **TINY_MVIT)
+    model = stts.patch(dense, TINY_PLAN, variance_reduction="antithetic")
+    assert [s.variance_reduction for s in model.selectors.values()] == ["antithetic"] * 2
+    stts.save_model(model, tmp_path / "m.pt")
+    again = stts.load_model(tmp_path / "m.pt")
+    assert [s.variance_reduction for s in again.selectors.values()] == ["antithetic"] * 2
+    # A published variant (its builder adds the plan): load_model restores the saved setting on top.
+    pub = stts.create_model("mvit_b_16x4_stts_t0.5_s0.7", embed_dim=16, img_size=112, num_classes=3)
+    pub.plan = pub.plan.with_options(variance_reduction="loo+antithetic")
+    stts.save_model(pub, tmp_path / "pub.pt")
+    loaded = stts.load_model(tmp_path / "pub.pt")
+    assert {s.variance_reduction for s in loaded.selectors.values()} == {"loo+antithetic"}
+
+    # The selectors hand it to perturbed_topk.
+    seen = []
+    real = stts.selectors.perturbed_topk
+    monkeypatch.setattr(stts.selectors, "perturbed_topk", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    again.train()(torch.randn(1, 3, 8, 32, 32)).sum().backward()
+    assert [kw["variance_reduction"] for kw in seen] == ["antithetic"] * 2
+
+    base = {"model": {"name": "mvit_b_16x4", "selection": TINY_PLAN, "kwargs": dict(TINY_MVIT)},
+            "data": {"num_frames": 8, "crop_size": 32}}
+    cfg = load_config(None, ["model.variance_reduction=loo"], base=base, check_paths=False)
+    built = build_model(cfg, 3)
+    assert {s.variance_reduction for s in built.selectors.values()} == {"loo"}
+    assert built.plan.variance_reduction == "loo"  # what its checkpoints record
+    default = build_model(load_config(None, [], base=base, check_paths=False), 3)
+    assert {s.variance_reduction for s in default.selectors.values()} == {"none"}  # '' keeps the model's
+    with pytest.raises(ConfigError, match=r"model.variance_reduction='pairs'"):
+        load_config(None, ["model.variance_reduction=pairs"], base=base, check_paths=False)
+    with pytest.raises(ConfigError, match=r"model.variance_reduction='loo'.*num_samples >= 2"):
+        load_config(None, ["model.variance_reduction=loo", "model.num_samples=1"], base=base, check_paths=False)

@@ -87,7 +87,8 @@ def build_model(cfg, num_classes: int) -> nn.Module:
         raise ConfigError(f"model {m.name!r} cannot be built with {kwargs} (model.kwargs, model.selection, "
                           f"data.num_frames, data.crop_size): {e}") from None
     settings = {"num_samples": m.num_samples, **({"sigma": m.sigma} if m.sigma is not None else {}),
-                **({"jacobian": m.jacobian} if m.jacobian else {})}
+                **({"jacobian": m.jacobian} if m.jacobian else {}),
+                **({"variance_reduction": m.variance_reduction} if m.variance_reduction else {})}
     for sel in get_selectors(model):
         for k, v in settings.items():
             setattr(sel, k, v)
