@@ -148,7 +148,7 @@ def run(args) -> dict:
         if name == args.models[0]:
             models[name] = dense
         elif entry.plan is not None and base.plan is None and name.startswith(args.models[0]):
-            models[name] = patch(copy.deepcopy(dense), entry.plan, **entry.plan_settings).eval()
+            models[name] = patch(copy.deepcopy(dense), entry.plan).eval()
         else:
             models[name] = create_model(name).eval()
         gflops[name] = count_flops(models[name], shape).gflops

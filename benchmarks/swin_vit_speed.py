@@ -63,7 +63,7 @@ def build_group(group: str, args) -> tuple[dict, tuple]:
         for mode in ("pad", "fit"):
             for published in SWIN_PUBLISHED:
                 entry = model_entry(published)
-                m = patch(copy.deepcopy(dense), entry.plan, **entry.plan_settings).eval()
+                m = patch(copy.deepcopy(dense), entry.plan).eval()
                 m.set_window_mode(temporal_window=mode)
                 kept = entry.meta["frames_kept"]
                 tag = "faithful" if mode == "pad" else "window-aware"

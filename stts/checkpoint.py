@@ -1,7 +1,8 @@
-"""Checkpoints: stts's own format, official ones, and safetensors weights.
+"""Models to and from files: stts's own format, official ones, and safetensors weights.
 
     stts.save_model(model, "run/model.pt")              # weights + what rebuilds the model
     model = stts.load_model("run/model.pt")              # rebuilt from the checkpoint alone
+    model = stts.load_model(ckpt)                        # ... or from a checkpoint dict already read
     model = stts.create_model("mvit_b_16x4", pretrained="MVIT_B_16x4.pyth")   # official weights
 
 An stts checkpoint is a `torch.save`d dict with at least
@@ -9,33 +10,24 @@ An stts checkpoint is a `torch.save`d dict with at least
      "model": state_dict}
 and, written by the training engine, optimizer / scheduler / step / config entries beside them.
 Official files keep their own layout: PySlowFast `.pyth` (`model_state`, YAML text under `cfg`),
-mmaction (`state_dict` with `backbone.` / `cls_head.` prefixes). A backbone module translates
-official keys with its `checkpoint_filter_fn(state_dict, model) -> state_dict`.
-
-Safety: a `.pt` / `.pth` / `.pyth` file is a pickle, and unpickling can run any code the file carries.
-Every loader here reads with `torch.load(weights_only=True)`, which accepts tensors and plain data
-(dicts, lists, numbers, strings) only; stts's own checkpoints, PySlowFast's and mmaction2's load that
-way. A file that needs more is refused with a `CheckpointError` naming the file and what it needed.
-`trust_checkpoint=True` (CLI: `--trust-checkpoint`) unpickles it in full: only for a file whose origin
-you trust, since a crafted one runs code on your machine as it loads. `.safetensors` files hold
-tensors and JSON metadata only and are always safe.
+mmaction (`state_dict` with `backbone.` / `cls_head.` prefixes). Each backbone family registers how
+its official keys translate (`stts.models.register_family`); reading files safely is `stts.weights`.
+Every file is read weights-only unless `trust_checkpoint=True` (see `stts.weights`).
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import pickle
-import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from stts.errors import CheckpointError
+from stts.models import create_model, load_pretrained, official_readers
+from stts.plan import SelectionPlan
+from stts.weights import atomic_save, extract_state_dict, load_state_dict_checked, read_checkpoint, remove_orphan_temps
 
 __all__ = [
     "save_model",
@@ -51,10 +43,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 
-# How a refusal tells the user to opt in (one name everywhere: keyword and flag).
-TRUST_HINT = ("if you trust where the file comes from, load it in full with --trust-checkpoint (Python: "
-              "trust_checkpoint=True); unpickling runs any code a crafted file carries, as your user")
-
 
 def model_config(model: nn.Module) -> dict:
     """What `load_model` needs to rebuild `model`: registry name, kwargs, selection plan."""
@@ -65,40 +53,6 @@ def model_config(model: nn.Module) -> dict:
     plan = getattr(model, "plan", None)
     return {"format": FORMAT_VERSION, "model": name, "kwargs": dict(getattr(model, "model_kwargs", {})),
             "selection": plan.to_dict() if plan is not None and len(plan) else None}
-
-
-def remove_orphan_temps(path: "str | os.PathLike") -> list[Path]:
-    """Delete the temporary files a killed `atomic_save` / `save_model` of `path` left behind
-    (`.<name>.*tmp` beside it); returns them. One writer per file is assumed (rank 0 writes)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        return []
-    orphans = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*tmp") if p.is_file()]
-    for p in orphans:
-        try:
-            p.unlink()
-        except FileNotFoundError:  # removed meanwhile
-            pass
-    return orphans
-
-
-def atomic_save(obj: Any, path: "str | os.PathLike") -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename: never a half-written file.
-    Temporary files of an earlier save that was killed are removed first."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphan_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_model(model: nn.Module, path: "str | os.PathLike", **extra: Any) -> None:
@@ -125,174 +79,33 @@ def save_model(model: nn.Module, path: "str | os.PathLike", **extra: Any) -> Non
     os.replace(tmp, path)  # never a half-written file under the final name
 
 
-def read_checkpoint(path: "str | os.PathLike", *, trust_checkpoint: bool = False) -> dict:
-    """Load a checkpoint file into a dict of tensors/metadata on the CPU (.pt/.pth/.pyth/.safetensors).
-
-    Pickled files are read with `torch.load(weights_only=True)`; one that needs arbitrary Python objects
-    is refused (CheckpointError naming the file and the object) unless `trust_checkpoint=True`, which
-    unpickles it in full and so runs whatever code it carries: only for files you trust.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as e:
-        if trust_checkpoint:
-            raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
-        raise CheckpointError(f"{path}: refused to load: {_refusal(str(e))}; {TRUST_HINT}") from None
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: re-raised with the file name
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {_first_line(e)}") from None
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: expected a dict, found {type(ckpt).__name__}")
-    return ckpt
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [""])[0]
-
-
-def _refusal(message: str) -> str:
-    """What torch's weights-only unpickler could not accept, from its error message."""
-    m = re.search(r"GLOBAL ([\w.]+)", message)
-    if m:
-        why = f"it needs the Python object {m[1]}, which the safe (weights-only) unpickler does not create"
-        if m[1].startswith("numpy"):  # e.g. a training checkpoint of an earlier stts (numpy RNG state)
-            why += (" (checkpoints of earlier stts versions held numpy arrays; convert one you trust once "
-                    "with `stts export --trust-checkpoint OLD.pt NEW.safetensors`, or resume it with the flag)")
-        return why
-    m = re.search(r"WeightsUnpickler error:\s*(.+)", message)
-    why = m[1].strip().splitlines()[0] if m else _first_line(Exception(message))
-    return f"the safe (weights-only) unpickler cannot read it ({why}): not a plain torch checkpoint"
-
-
-def _read_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        tensors, meta = {}, {}
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read safetensors file {path} (truncated or not safetensors?): "
-                              f"{_first_line(e)}") from None
-    ckpt: dict = {"model": tensors}
-    if "stts" in meta:  # build config written by save_model / `stts export` (JSON): load_model rebuilds the model
-        try:
-            cfg = json.loads(meta["stts"])
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path}: the 'stts' metadata is not valid JSON: {e}") from None
-        if not (isinstance(cfg, dict) and isinstance(cfg.get("model"), str)
-                and isinstance(cfg.get("kwargs", {}), dict)
-                and isinstance(cfg.get("selection") or {}, dict)):
-            raise CheckpointError(f"{path}: the 'stts' metadata must be a JSON object with 'model' (a registry "
-                                  f"name), 'kwargs' (an object) and 'selection'; got {meta['stts'][:200]!r}")
-        ckpt["stts"] = cfg
-    return ckpt
-
-
-def extract_state_dict(ckpt: dict) -> dict:
-    """The weights inside a checkpoint dict, whichever library wrote it."""
-    for key in ("model", "model_state", "state_dict", "module"):
-        if key in ckpt and isinstance(ckpt[key], dict):
-            sd = ckpt[key]
-            break
-    else:
-        sd = ckpt
-    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(f"no tensors found in checkpoint (top-level keys: {sorted(ckpt)[:10]})")
-    # DDP-saved weights carry a `module.` prefix.
-    if all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
-    return tensors
-
-
-def _describe(keys: list[str], limit: int = 20) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def load_state_dict_checked(model: nn.Module, state_dict: dict, *, strict: bool = True, source: str = "") -> dict:
-    """load_state_dict with errors that list missing, unexpected and mis-shaped keys.
-
-    With strict=False missing/unexpected keys are allowed (reported in the returned dict), but a key
-    present on both sides with another shape is always an error.
-    """
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    where = f" from {source}" if source else ""
-    if shapes:
-        raise CheckpointError(f"shape mismatch loading{where}: {_describe(shapes)}")
-    if strict and (missing or unexpected):
-        msg = [f"checkpoint{where} does not match {type(model).__name__}"]
-        if missing:
-            msg.append(f"missing keys ({len(missing)}): {_describe(missing)}")
-        if unexpected:
-            msg.append(f"unexpected keys ({len(unexpected)}): {_describe(unexpected)}")
-        msg.append("pass strict=False to load what fits (e.g. a dense checkpoint into an STTS model)")
-        raise CheckpointError("; ".join(msg))
-    model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
-    return {"missing": missing, "unexpected": unexpected}
-
-
-def load_pretrained(model: nn.Module, path: "str | os.PathLike", *, strict: bool = True,
-                    trust_checkpoint: bool = False) -> dict:
-    """Load weights from any supported checkpoint into `model`; returns {"missing", "unexpected"}.
-
-    trust_checkpoint: unpickle a file the safe loader refuses (runs its code: trusted files only)."""
-    return _load_weights(model, read_checkpoint(path, trust_checkpoint=trust_checkpoint), path, strict=strict)
-
-
-def _load_weights(model: nn.Module, ckpt: dict, path, *, strict: bool) -> dict:
-    """The checkpoint's weights (official keys translated by the backbone's filter) into `model`."""
-    sd = extract_state_dict(ckpt)
-    filter_fn = getattr(_backbone_module(model), "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        sd = filter_fn(sd, model)
-    return load_state_dict_checked(model, sd, strict=strict, source=str(path))
-
-
-def _backbone_module(model: nn.Module):
-    import sys
-
-    return sys.modules.get(type(model).__module__)
-
-
-def load_model(path: "str | os.PathLike", *, strict: bool = True, trust_checkpoint: bool = False,
-               **overrides: Any) -> nn.Module:
+def load_model(source: "str | os.PathLike | dict", *, strict: bool = True, trust_checkpoint: bool = False,
+               name: "str | os.PathLike | None" = None, **overrides: Any) -> nn.Module:
     """Rebuild a model from a checkpoint alone and load its weights.
 
+    source: a checkpoint file, or a checkpoint dict already read (`read_checkpoint`), so that a command
+        reads its file once; `name` (default: the path) is what errors call it.
     Works for stts checkpoints (they carry name, kwargs and plan) and for official checkpoints that
-    carry their config (PySlowFast `.pyth` with `cfg`), through the backbone's `model_from_official`.
+    carry their config (PySlowFast `.pyth` with `cfg`), through the registered official readers.
     `overrides` replace build kwargs (e.g. num_classes for a new head, with strict=False).
     trust_checkpoint: unpickle a file the safe loader refuses (runs its code: trusted files only).
     """
-    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
-    return model_from_checkpoint(ckpt, path, strict=strict, **overrides)
-
-
-def model_from_checkpoint(ckpt: dict, path: "str | os.PathLike", *, strict: bool = True,
-                          **overrides: Any) -> nn.Module:
-    """`load_model` for a checkpoint dict already read (by `read_checkpoint`); `path` names it in errors."""
-    from stts.models._registry import create_model
-
+    if isinstance(source, dict):
+        ckpt, path = source, name or "checkpoint"
+    else:
+        ckpt, path = read_checkpoint(source, trust_checkpoint=trust_checkpoint), name or source
     cfg = ckpt.get("stts")
     if cfg is None:
         model = _model_from_official(ckpt, path, overrides)
-        _load_weights(model, ckpt, path, strict=strict)
+        load_pretrained(model, ckpt, strict=strict, name=str(path))
         return model
-    selection = cfg.get("selection")
     kwargs = {**cfg.get("kwargs", {}), **overrides}
+    selection = cfg.get("selection")
     try:
-        model = create_model(cfg["model"], **kwargs) if selection is None else _create_with_plan(cfg, kwargs)
+        # The saved plan carries the settings it ran with; a published variant takes it if its specs
+        # are the variant's own (create_model checks).
+        model = create_model(cfg["model"], selection=SelectionPlan.from_dict(selection) if selection else None,
+                             **kwargs)
     except (TypeError, ValueError) as e:  # a name or kwarg this version does not know
         raise CheckpointError(f"{path}: cannot build the model its config describes ({cfg['model']!r}, kwargs "
                               f"{kwargs}, selection {selection}): {e}") from None
@@ -300,39 +113,13 @@ def model_from_checkpoint(ckpt: dict, path: "str | os.PathLike", *, strict: bool
     return model
 
 
-def _create_with_plan(cfg: dict, kwargs: dict) -> nn.Module:
-    from stts.models._registry import create_model, model_entry
-    from stts.plan import SelectionPlan
-
-    plan = SelectionPlan.from_dict(cfg["selection"])
-    entry = model_entry(cfg["model"])
-    if entry.plan is None:
-        return create_model(cfg["model"], selection=plan, **kwargs)
-    # A published STTS variant: its builder adds the plan; restore the saved sigma etc. on top.
-    model = create_model(cfg["model"], **kwargs)
-    for sel in model.selectors.values():
-        sel.num_samples, sel.sigma, sel.jacobian = plan.num_samples, plan.sigma, plan.jacobian
-        sel.variance_reduction = plan.variance_reduction
-    return model
-
-
 def _model_from_official(ckpt: dict, path, overrides: dict) -> nn.Module:
-    import stts.models  # noqa: F401  (registers backbones, whose modules may read official configs)
-
-    for module in _official_readers():
-        build = getattr(module, "model_from_official", None)
-        if build is not None:
-            try:
-                model = build(ckpt, **overrides)
-            except (TypeError, ValueError) as e:  # an official config this version cannot build
-                raise CheckpointError(f"{path}: {e}") from None
-            if model is not None:
-                return model
+    for build in official_readers():
+        try:
+            model = build(ckpt, **overrides)
+        except (TypeError, ValueError) as e:  # an official config this version cannot build
+            raise CheckpointError(f"{path}: {e}") from None
+        if model is not None:
+            return model
     raise CheckpointError(f"{path} carries no stts config and no official config this version can read; "
                           "build the model with stts.create_model(NAME, pretrained=PATH) instead")
-
-
-def _official_readers():
-    import sys
-
-    return [m for name, m in sorted(sys.modules.items()) if name.startswith("stts.models.") and m is not None]

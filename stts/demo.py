@@ -21,6 +21,7 @@ Every stage is an ordinary `stts train` run (`<out>/runs/<stage>/config.yaml` re
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,30 +73,26 @@ def demo_run_config(stage: str, s: DemoSettings, data: dict, dense_checkpoint: s
     """The RunConfig of one demo stage: "dense", "stts", or a baseline policy ("uniform", "random")."""
     from stts.config import load_config
 
-    out = Path(s.out_dir) / "runs" / stage
-    common = {
-        "model.name": s.model, "train.output_dir": str(out), "train.seed": s.seed,
-        "train.batch_size": s.batch_size, "train.threads": s.threads, "train.progress": s.progress,
-        "train.log_every": 25, "optim.clip_grad": 1.0, "optim.weight_decay": 0.05,
+    run = {
+        "model": {"name": s.model},
+        "data": {k: list(v) if isinstance(v, tuple) else v for k, v in _data_settings(data, s).items()},
+        "optim": {"clip_grad": 1.0, "weight_decay": 0.05},
+        "train": {"output_dir": str(Path(s.out_dir) / "runs" / stage), "seed": s.seed, "batch_size": s.batch_size,
+                  "threads": s.threads, "progress": s.progress, "log_every": 25},
     }
     if stage == "dense":
-        stage_keys = {"train.epochs": s.dense_epochs, "train.eval_every": 5, "optim.lr": s.lr,
-                      "optim.warmup_epochs": 1, "optim.scorer_warmup_epochs": 0}
+        run["train"].update(epochs=s.dense_epochs, eval_every=5)
+        run["optim"].update(lr=s.lr, warmup_epochs=1, scorer_warmup_epochs=0)
     else:
         if dense_checkpoint is None:
             raise ValueError(f"the {stage} stage fine-tunes the dense model: give dense_checkpoint")
-        stage_keys = {
-            "model.selection": s.plan, "model.policy": "learned" if stage == "stts" else stage,
-            "model.finetune": dense_checkpoint, "model.sigma": s.sigma, "model.jacobian": s.jacobian,
-            "train.epochs": s.finetune_epochs, "train.eval_every": 1, "optim.lr": s.finetune_lr,
-            "optim.warmup_epochs": 0,
-            # The published order: scorers alone first (backbone frozen), then the backbone at 0.1x lr.
-            "optim.scorer_warmup_epochs": s.scorer_warmup_epochs, "optim.backbone_lr_mult": 0.1,
-        }
-    overrides = [f"{k}={v}" for k, v in {**common, **stage_keys}.items()]
-    overrides += [f"data.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}"
-                  for k, v in _data_settings(data, s).items()]
-    return load_config(None, overrides, check_paths=False)
+        run["model"].update(selection=s.plan, policy="learned" if stage == "stts" else stage,
+                            finetune=dense_checkpoint, sigma=s.sigma, jacobian=s.jacobian)
+        run["train"].update(epochs=s.finetune_epochs, eval_every=1)
+        # The published order: scorers alone first (backbone frozen), then the backbone at 0.1x lr.
+        run["optim"].update(lr=s.finetune_lr, warmup_epochs=0, scorer_warmup_epochs=s.scorer_warmup_epochs,
+                            backbone_lr_mult=0.1)
+    return load_config(base=run, base_source=f"stts demo ({stage} stage)", check_paths=False)
 
 
 def _banner(msg: str) -> None:
@@ -290,13 +287,4 @@ def _token_fraction(model, input_shape) -> float:
     """Fraction of the token map that the selectors keep (1.0 for a dense model)."""
     with torch.inference_mode():
         _, kept = model.eval()(torch.zeros(input_shape), return_selections=True)
-    frac = 1.0
-    for sel in kept.values():
-        t, h, w = sel.thw_in
-        if sel.kind == "temporal":
-            frac *= sel.indices.shape[1] / t
-        elif sel.kind == "anchor":
-            frac *= float(sel.boxes[0, 0, 2] * sel.boxes[0, 0, 3]) / (h * w)
-        else:
-            frac *= sel.indices.shape[1] / (t * h * w)
-    return frac
+    return math.prod(math.prod(sel.thw_out) / math.prod(sel.thw_in) for sel in kept.values())

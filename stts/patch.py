@@ -19,31 +19,15 @@ from dataclasses import replace
 
 from torch import Tensor, nn
 
-from stts.plan import SelectionPlan, SelectorSpec, parse_plan
-from stts.selectors import AnchorSelector, TemporalSelector, TokenSelector
+from stts.plan import KINDS, SelectionPlan, SelectorSpec, parse_plan
+from stts.selectors import SELECTORS
 
 __all__ = ["patch", "build_selector", "run_selectors"]
 
 
 def build_selector(spec: SelectorSpec, dim: int, plan: SelectionPlan) -> nn.Module:
-    """The selector module for one spec, on tokens of `dim` channels."""
-    common = dict(num_samples=plan.num_samples, sigma=plan.sigma, jacobian=plan.jacobian,
-                  variance_reduction=plan.variance_reduction, policy=plan.policy)
-    if spec.kind == "T":
-        sel = TemporalSelector(dim, spec.ratio, keep=spec.keep, **common)
-    elif spec.kind == "S":
-        sel = AnchorSelector(dim, spec.ratio, anchor_size=spec.anchor_size, stride=spec.anchor_stride, **common)
-    elif spec.kind == "K":
-        sel = TokenSelector(dim, spec.ratio, keep=spec.keep, **common)
-    else:  # parse_plan only produces the three kinds
-        raise ValueError(f"unknown selector kind {spec.kind!r}")
-    sel.before = spec.before
-    sel.spec = spec
-    return sel
-
-
-def _order(spec: SelectorSpec):
-    return spec.before, "TSK".index(spec.kind)
+    """The selector module for one spec, on tokens of `dim` channels, with the plan's settings."""
+    return SELECTORS[spec.kind](dim, spec=spec, **plan.settings)
 
 
 def patch(model: nn.Module, plan: "str | SelectionPlan", **settings) -> nn.Module:
@@ -57,9 +41,9 @@ def patch(model: nn.Module, plan: "str | SelectionPlan", **settings) -> nn.Modul
                         "(needs `selectors` ModuleDict and `selection_dim`)")
     plan = parse_plan(plan, **settings)
     old: SelectionPlan = getattr(model, "plan", None) or SelectionPlan()
-    merged = replace(plan, specs=tuple(sorted(old.specs + plan.specs, key=_order)))
+    merged = replace(plan, specs=tuple(sorted(old.specs + plan.specs, key=lambda spec: spec.order)))
     parse_plan(str(merged))  # the combination must be a valid plan too (e.g. nothing grid-based after K)
-    kinds = getattr(model, "selection_kinds", "TSK")
+    kinds = getattr(model, "selection_kinds", "".join(KINDS))
     before = list(model.selectors.items())
     try:
         for spec in plan:
@@ -88,23 +72,25 @@ def patch(model: nn.Module, plan: "str | SelectionPlan", **settings) -> nn.Modul
 def _insert_in_order(selectors: nn.ModuleDict, name: str, sel: nn.Module) -> None:
     """Keep the ModuleDict in execution order (by place, then T before S before K): run_selectors
     walks it in order, and state dicts list selectors the same way whatever order they were added."""
-    items = sorted([*selectors.items(), (name, sel)], key=lambda kv: _order(kv[1].spec))
+    items = sorted([*selectors.items(), (name, sel)], key=lambda kv: kv[1].spec.order)
     selectors.clear()
     selectors.update(items)
 
 
-def run_selectors(selectors: nn.ModuleDict, index: int, x: Tensor, thw, record: dict | None = None):
+def run_selectors(selectors: nn.ModuleDict, index: int, x: Tensor, thw, record: dict | None = None,
+                  seeds: Tensor | None = None):
     """Apply the selectors placed before block/stage `index`: (x, thw) -> (x, thw).
 
     record: if a dict, each selector's `Selection` is stored in it under the selector's name.
+    seeds: (B,) int64, one noise seed per clip for the perturbed top-K in training (see stts.selectors).
     """
     for name, sel in selectors.items():
         if sel.before != index:
             continue
         if record is None:
-            x, thw = sel(x, thw)
+            x, thw = sel(x, thw, seeds=seeds)
         else:
-            x, thw, kept = sel(x, thw, return_selection=True)
+            x, thw, kept = sel(x, thw, return_selection=True, seeds=seeds)
             record[name] = kept
     return x, thw
 

@@ -13,8 +13,17 @@ top-K and gathers, so every block after the selector really runs on fewer tokens
 - `AnchorSelector`: keeps one a x a window per frame (its "anchor").  (B, T, H, W, C) -> (B, T, a, a, C)
 - `TokenSelector`: keeps the K best tokens, in order (plain ViTs).     (B, N, C) -> (B, K, C)
 
+What a selector keeps is its `spec` (a `stts.plan.SelectorSpec`): the one home of the kept-count,
+anchor and output-grid rules, which the backbones use too (`sel.out_grid(thw)`). The spec can be
+swapped for another of the same kind and place (`sel.spec = ...`) without touching the scorer.
+
 `policy="uniform"` / `"random"` replace the learned scorer by the non-learned baselines at the same
-budget (evenly spaced frames or tokens and the centre anchor; or random ones).
+budget (evenly spaced frames or tokens and the centre anchor; or random ones): `_Selector.policy_scores`
+is the one place that scores without a scorer.
+
+Noise: in training the perturbed top-K draws from torch's global RNG, or, given `seeds` (one int per
+clip, B), from a generator per clip seeded with the clip's seed mixed with the selector's name, so a
+clip's noise does not depend on the batch it is in (what makes one and two processes train alike).
 
 A non-finite score (a diverged scorer) never picks tokens silently: it turns the selector's output for
 that clip into NaN, so the loss or the logits become non-finite, which training (its non-finite-loss
@@ -24,14 +33,17 @@ check) and evaluation (its non-finite-logits count) catch where they sync anyway
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stts.plan import KINDS, SelectorSpec
 from stts.scorer import Scorer, minmax_normalize
-from stts.topk import hard_topk, perturbed_topk
+from stts.topk import hard_topk, noise_seed, perturbed_topk
 
 __all__ = [
     "Selection",
@@ -45,6 +57,7 @@ __all__ = [
     "anchor_boxes",
     "set_sigma",
     "get_selectors",
+    "SELECTORS",
 ]
 
 POLICIES = ("learned", "uniform", "random")
@@ -61,6 +74,7 @@ class Selection:
         are the hard top-K of `scores` (what eval would keep), the output itself being soft.
     scores: the normalised scores the choice was made from: (B, T) | (B, T, A) | (B, T*H*W).
     boxes: anchor only, (B, T, 4) as (top, left, height, width) in token units of `thw_in`.
+    thw_out: the grid the selector handed on ((1, 1, K) after token-level selection).
     """
 
     kind: str
@@ -68,6 +82,7 @@ class Selection:
     indices: Tensor
     scores: Tensor
     boxes: Tensor | None = None
+    thw_out: Thw | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -157,52 +172,88 @@ def select_anchors(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Modules: hyper-parameters + scorer around the functional cores.
+# Modules: a spec (what is kept), the settings of the perturbed top-K, a scorer.
 # ---------------------------------------------------------------------------------------------------
 
 
-def _kept_count(n: int, ratio: float | None, keep: int | None, what: str) -> int:
-    if keep is not None:
-        k = keep
-    else:
-        # int() as the official code does; the epsilon only rescues products like 0.29 * 100 = 28.999...
-        k = int(n * ratio + 1e-6)
+def _checked(k: int, n: int, what: str, spec: SelectorSpec) -> int:
     if k < 1 or k > n:
-        raise ValueError(f"cannot keep {k} of {n} {what} (ratio={ratio}, keep={keep})")
+        raise ValueError(f"cannot keep {k} of {n} {what} (ratio={spec.ratio}, keep={spec.keep})")
     return k
 
 
-class _Selector(nn.Module):
-    """Shared settings: the noise of the perturbed top-K and the scoring policy."""
+def _own_spec(letter: str, spec: SelectorSpec | None, **amount) -> SelectorSpec:
+    """The constructor's spec: the one given, or one made of the amount (ratio / keep / anchor size)."""
+    given = {k: v for k, v in amount.items() if v is not None}
+    if spec is None:
+        return SelectorSpec(letter, None, **given)
+    if given:
+        raise ValueError(f"give a spec or {', '.join(amount)}, not both (got spec {spec} and {given})")
+    if spec.kind != letter:
+        raise ValueError(f"a {KINDS[letter]} selector cannot run the {KINDS[spec.kind]} spec {spec}")
+    return spec
 
+
+class _Selector(nn.Module):
+    """What every selector shares: its spec, the noise of the perturbed top-K, the scoring policy."""
+
+    letter = ""  # the plan letter of the subclass ("T", "S", "K"); `kind` is its name (KINDS)
     kind = ""
 
-    def __init__(self, scorer_dim: int, num_samples: int, sigma: float, jacobian: str, policy: str, eps: float,
-                 variance_reduction: str = "none"):
+    def __init__(self, spec: SelectorSpec, scorer_dim: int, *, num_samples: int, sigma: float, jacobian: str,
+                 variance_reduction: str, policy: str, eps: float):
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        self.spec = spec  # what it keeps, and where (spec.before); the one source of truth
         self.policy = policy
         self.num_samples = num_samples
         self.sigma = sigma  # changed during training by set_sigma() / the sigma schedule
         self.jacobian = jacobian
         self.variance_reduction = variance_reduction  # perturbed_topk's; keeps the estimator's expectation
-        self.before: int | None = None  # block (or stage) index it runs before; set by stts.patch
-        self.spec = None  # the plan's SelectorSpec, set by stts.patch
         self.scorer = Scorer(scorer_dim, eps=eps) if policy == "learned" else None
+
+    @property
+    def before(self) -> int | None:
+        """The block (or stage) index it runs before (None: not placed in a model)."""
+        return self.spec.before
+
+    @property
+    def ratio(self) -> float | None:
+        return self.spec.ratio
+
+    @property
+    def keep(self) -> int | None:
+        return self.spec.keep
+
+    def out_grid(self, thw: Thw) -> Thw:
+        """The grid it outputs for an input grid (T, H, W): the spec's rule."""
+        return self.spec.out_grid(thw)
 
     @property
     def soft(self) -> bool:
         return self.training and self.policy == "learned"
 
-    def topk_kwargs(self) -> dict:
-        return dict(num_samples=self.num_samples, sigma=self.sigma, jacobian=self.jacobian,
-                    variance_reduction=self.variance_reduction)
+    def topk_kwargs(self, seeds: "Tensor | Sequence[int] | None" = None) -> dict:
+        """perturbed_topk's settings; with per-clip `seeds` (B,), this selector's own seed of each clip."""
+        kw = dict(num_samples=self.num_samples, sigma=self.sigma, jacobian=self.jacobian,
+                  variance_reduction=self.variance_reduction)
+        if seeds is not None and self.soft:
+            salt = zlib.crc32(self.spec.name.encode())  # T0 and S4 of one clip draw different noise
+            values = seeds.tolist() if isinstance(seeds, Tensor) else seeds
+            kw["seeds"] = [noise_seed(s, salt) for s in values]
+        return kw
 
-    def baseline_scores(self, B: int, n: int, k: int, like: Tensor) -> Tensor:
-        """Scores (B, n) whose top-k is the uniform (evenly spaced) or a random choice."""
+    def policy_scores(self, B: int, n: int, k: int, like: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """Scores (B, n) of a non-learned policy whose top-k is its choice: "uniform" evenly spaced picks
+        (for anchors, `grid` = (rows, cols): the position nearest the map's centre), "random" random ones."""
         if self.policy == "random":
             return torch.rand(B, n, device=like.device)
+        if grid is not None:  # the anchor nearest the centre (not the middle of the flattened list)
+            rows, cols = grid
+            s = torch.zeros(B, n, device=like.device)
+            s[:, (rows // 2) * cols + cols // 2] = 1.0
+            return s
         centres = (torch.arange(k, dtype=torch.float64) + 0.5) * n / k - 0.5  # evenly spaced picks
         s = torch.zeros(n, dtype=torch.float32)
         s[centres.round().long().clamp_(0, n - 1)] = 1.0
@@ -210,7 +261,7 @@ class _Selector(nn.Module):
 
     def extra_repr(self) -> str:
         vr = f", variance_reduction={self.variance_reduction}" if self.variance_reduction != "none" else ""
-        return f"before={self.before}, policy={self.policy}, sigma={self.sigma}, jacobian={self.jacobian}{vr}"
+        return (f"spec={self.spec}, policy={self.policy}, sigma={self.sigma}, jacobian={self.jacobian}{vr}")
 
 
 def _carry_nonfinite(out: Tensor, scores: Tensor) -> Tensor:
@@ -235,36 +286,34 @@ class TemporalSelector(_Selector):
     normalised over the T candidates. K = `keep`, or int(T * ratio) of the frames it is given.
     """
 
-    kind = "temporal"
+    letter, kind = "T", KINDS["T"]
 
-    def __init__(self, dim: int, ratio: float | None = None, *, keep: int | None = None, num_samples: int = 500,
-                 sigma: float = 0.05, jacobian: str = "full", policy: str = "learned", eps: float = 1e-5,
-                 variance_reduction: str = "none"):
-        super().__init__(2 * dim, num_samples, sigma, jacobian, policy, eps, variance_reduction)
-        if (ratio is None) == (keep is None):
-            raise ValueError("give exactly one of ratio and keep")
-        self.ratio, self.keep = ratio, keep
+    def __init__(self, dim: int, ratio: float | None = None, *, keep: int | None = None,
+                 spec: SelectorSpec | None = None, num_samples: int = 500, sigma: float = 0.05,
+                 jacobian: str = "full", policy: str = "learned", eps: float = 1e-5, variance_reduction: str = "none"):
+        super().__init__(_own_spec("T", spec, ratio=ratio, keep=keep), 2 * dim, num_samples=num_samples,
+                         sigma=sigma, jacobian=jacobian, variance_reduction=variance_reduction, policy=policy, eps=eps)
 
     def frame_scores(self, x: Tensor) -> Tensor:
         """Normalised frame scores: x (B, T, H*W, C) -> (B, T)."""
         feats = torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=-1)  # (B, T, 2C)
         return minmax_normalize(self.scorer(feats))
 
-    def forward(self, x: Tensor, thw: Thw, *, return_selection: bool = False):
+    def forward(self, x: Tensor, thw: Thw, *, return_selection: bool = False, seeds=None):
         B, _, C = x.shape
         T, H, W = thw
         prefix, tokens = _split_prefix(x, thw)
         tokens = tokens.reshape(B, T, H * W, C)  # (B, T*H*W, C) -> (B, T, H*W, C)
-        k = _kept_count(T, self.ratio, self.keep, "frames")
+        k = _checked(self.spec.kept(T), T, "frames", self.spec)
         if self.scorer is not None:
             scores = self.frame_scores(tokens)
         else:
-            scores = self.baseline_scores(B, T, k, x)
-        kept, idx = select_frames(tokens, scores, k, soft=self.soft, **self.topk_kwargs())
+            scores = self.policy_scores(B, T, k, x)
+        kept, idx = select_frames(tokens, scores, k, soft=self.soft, **self.topk_kwargs(seeds))
         out = _carry_nonfinite(torch.cat([prefix, kept.reshape(B, k * H * W, C)], dim=1), scores)  # (B, P + K*H*W, C)
         new_thw = (k, H, W)
         if return_selection:
-            return out, new_thw, Selection(self.kind, tuple(thw), idx, scores.detach())
+            return out, new_thw, Selection(self.kind, tuple(thw), idx, scores.detach(), thw_out=new_thw)
         return out, new_thw
 
 
@@ -276,23 +325,29 @@ class AnchorSelector(_Selector):
     anchor scores the mean of its tokens, anchor scores are min-max normalised per frame, top-1 wins.
     """
 
-    kind = "anchor"
+    letter, kind = "S", KINDS["S"]
 
     def __init__(self, dim: int, ratio: float | None = None, *, anchor_size: int | None = None,
-                 stride: int | None = None, num_samples: int = 500, sigma: float = 0.05, jacobian: str = "full",
-                 policy: str = "learned", eps: float = 1e-5, variance_reduction: str = "none"):
-        super().__init__(dim, num_samples, sigma, jacobian, policy, eps, variance_reduction)
-        if (ratio is None) == (anchor_size is None):
-            raise ValueError("give exactly one of ratio and anchor_size")
-        self.ratio, self.anchor_size, self.stride = ratio, anchor_size, stride
+                 stride: int | None = None, spec: SelectorSpec | None = None, num_samples: int = 500,
+                 sigma: float = 0.05, jacobian: str = "full", policy: str = "learned", eps: float = 1e-5,
+                 variance_reduction: str = "none"):
+        super().__init__(_own_spec("S", spec, ratio=ratio, anchor_size=anchor_size, anchor_stride=stride), dim,
+                         num_samples=num_samples, sigma=sigma, jacobian=jacobian,
+                         variance_reduction=variance_reduction, policy=policy, eps=eps)
+
+    @property
+    def anchor_size(self) -> int | None:
+        return self.spec.anchor_size
+
+    @property
+    def stride(self) -> int | None:
+        return self.spec.anchor_stride
 
     def geometry(self, h: int, w: int) -> tuple[int, int]:
-        """(anchor size a, stride s) on an h x w map."""
-        if self.anchor_size is not None:
-            a = self.anchor_size
-        else:
-            a = math.isqrt(_kept_count(h * w, self.ratio, None, "tokens per frame"))
-        s = self.stride if self.stride is not None else max((min(h, w) - a) // 2, 1)
+        """(anchor size a, stride s) on an h x w map (the spec's rule), validated."""
+        if self.spec.ratio is not None:
+            _checked(self.spec.kept(h * w), h * w, "tokens per frame", self.spec)
+        a, s = self.spec.anchor(h, w)
         anchor_geometry(h, w, a, s)  # validates
         return a, s
 
@@ -302,7 +357,7 @@ class AnchorSelector(_Selector):
         pooled = F.avg_pool2d(token_scores.view(-1, 1, h, w), kernel_size=a, stride=s)  # (B', 1, rows, cols)
         return minmax_normalize(pooled.flatten(1))  # (B', A)
 
-    def forward(self, x: Tensor, thw: Thw, *, return_selection: bool = False):
+    def forward(self, x: Tensor, thw: Thw, *, return_selection: bool = False, seeds=None):
         B, _, C = x.shape
         T, H, W = thw
         a, s = self.geometry(H, W)
@@ -310,20 +365,16 @@ class AnchorSelector(_Selector):
         prefix, tokens = _split_prefix(x, thw)
         if self.scorer is not None:
             scores = self.anchor_scores(tokens.reshape(B * T, H * W, C), H, W, a, s)  # (B*T, A)
-        elif self.policy == "uniform":
-            # The anchor nearest the centre of the map (not the middle of the flattened anchor list).
-            scores = torch.zeros(B * T, rows * cols, device=x.device)
-            scores[:, (rows // 2) * cols + cols // 2] = 1.0
         else:
-            scores = self.baseline_scores(B * T, rows * cols, 1, x)
+            scores = self.policy_scores(B * T, rows * cols, 1, x, grid=(rows, cols))
         scores = scores.reshape(B, T, rows * cols)
         kept, idx = select_anchors(tokens.reshape(B, T, H, W, C), scores, a, s, soft=self.soft,
-                                   **self.topk_kwargs())
+                                   **self.topk_kwargs(seeds))  # seeds (B,): each clip's T rows share one
         out = _carry_nonfinite(torch.cat([prefix, kept.reshape(B, T * a * a, C)], dim=1), scores)  # (B, P + T*a*a, C)
         new_thw = (T, a, a)
         if return_selection:
             boxes = anchor_boxes(idx, H, W, a, s)
-            return out, new_thw, Selection(self.kind, tuple(thw), idx, scores.detach(), boxes)
+            return out, new_thw, Selection(self.kind, tuple(thw), idx, scores.detach(), boxes, thw_out=new_thw)
         return out, new_thw
 
 
@@ -334,33 +385,32 @@ class TokenSelector(_Selector):
     token map is no longer a video grid, so only token-level selection can follow.
     """
 
-    kind = "token"
+    letter, kind = "K", KINDS["K"]
 
-    def __init__(self, dim: int, ratio: float | None = None, *, keep: int | None = None, num_samples: int = 500,
-                 sigma: float = 0.05, jacobian: str = "full", policy: str = "learned", eps: float = 1e-5,
-                 variance_reduction: str = "none"):
-        super().__init__(dim, num_samples, sigma, jacobian, policy, eps, variance_reduction)
-        if (ratio is None) == (keep is None):
-            raise ValueError("give exactly one of ratio and keep")
-        self.ratio, self.keep = ratio, keep
+    def __init__(self, dim: int, ratio: float | None = None, *, keep: int | None = None,
+                 spec: SelectorSpec | None = None, num_samples: int = 500, sigma: float = 0.05,
+                 jacobian: str = "full", policy: str = "learned", eps: float = 1e-5, variance_reduction: str = "none"):
+        super().__init__(_own_spec("K", spec, ratio=ratio, keep=keep), dim, num_samples=num_samples, sigma=sigma,
+                         jacobian=jacobian, variance_reduction=variance_reduction, policy=policy, eps=eps)
 
-    def forward(self, x: Tensor, thw: Thw, *, return_selection: bool = False):
+    def forward(self, x: Tensor, thw: Thw, *, return_selection: bool = False, seeds=None):
         B, _, C = x.shape
         prefix, tokens = _split_prefix(x, thw)
         N = tokens.shape[1]
-        k = _kept_count(N, self.ratio, self.keep, "tokens")
+        k = _checked(self.spec.kept(N), N, "tokens", self.spec)
         if self.scorer is not None:
             scores = minmax_normalize(self.scorer(tokens))  # (B, N)
         else:
-            scores = self.baseline_scores(B, N, k, x)
-        kept, idx = select_tokens(tokens, scores, k, soft=self.soft, **self.topk_kwargs())
+            scores = self.policy_scores(B, N, k, x)
+        kept, idx = select_tokens(tokens, scores, k, soft=self.soft, **self.topk_kwargs(seeds))
         out = _carry_nonfinite(torch.cat([prefix, kept], dim=1), scores)  # (B, P + K, C)
         if return_selection:
-            return out, (1, 1, k), Selection(self.kind, tuple(thw), idx, scores.detach())
+            return out, (1, 1, k), Selection(self.kind, tuple(thw), idx, scores.detach(), thw_out=(1, 1, k))
         return out, (1, 1, k)
 
 
-SELECTORS = {"T": TemporalSelector, "S": AnchorSelector, "K": TokenSelector}
+# Plan letter -> selector class: how `stts.patch` builds a spec's selector.
+SELECTORS: dict[str, type[_Selector]] = {cls.letter: cls for cls in (TemporalSelector, AnchorSelector, TokenSelector)}
 
 
 def get_selectors(model: nn.Module) -> list[_Selector]:

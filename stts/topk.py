@@ -29,6 +29,12 @@ Variance reduction (`variance_reduction=`), with f_j = <G, Y_j> (full) or f_j[d]
   cancels exactly, so only the unpaired sample of an odd S gets one (the mean of f over the pairs).
   For even S it is "antithetic" exactly. Needs S >= 2.
 
+Noise per sample (`seeds=`): by default Z comes from `generator` (or torch's global RNG). With `seeds`
+(G ints, G dividing B), the rows of group g (rows g*B/G .. (g+1)*B/G - 1) draw their noise from a
+generator seeded with seeds[g] on the scores' device, so a clip's noise is a function of its seed alone,
+whatever else is in the batch: one process with batch 4 and two with batch 2 draw the same noise for
+the same clip (`noise_seed` mixes integers such as (run seed, step, dataset index) into a seed).
+
 Memory: a naive implementation materialises the (B, S, K, N) one-hots, and the full Jacobian
 (B, K, N, N). Neither is built here: the forward keeps the (B, S, K) indices and the (B, S, N) noise,
 and both estimators, with any variance reduction, are gathers, scatters and sums over them,
@@ -37,10 +43,12 @@ O(B*S*(K+N) + B*K*N) in all.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["perturbed_topk", "hard_topk", "linear_sigma_schedule"]
+__all__ = ["perturbed_topk", "hard_topk", "linear_sigma_schedule", "noise_seed"]
 
 _JACOBIANS = ("full", "diagonal")
 VARIANCE_REDUCTIONS = ("none", "loo", "antithetic", "loo+antithetic")
@@ -74,13 +82,34 @@ def _indicator(indices: Tensor, n: int, weight: float) -> Tensor:
     return P.view(B, K, n)  # (B, K*N) -> (B, K, N)
 
 
-def _draw_noise(B: int, S: int, N: int, antithetic: bool, generator, device) -> Tensor:
+_MASK64 = (1 << 64) - 1
+
+
+def noise_seed(*parts: int) -> int:
+    """A seed in [0, 2**63) mixed from integers (splitmix64 over the parts): the same parts give the same
+    seed in every process, and nearby parts (steps, dataset indices) give unrelated ones."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & _MASK64)) + 0x9E3779B97F4A7C15 & _MASK64
+        h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & _MASK64
+        h ^= h >> 31
+    return h >> 1
+
+
+def _draw_noise(B: int, S: int, N: int, antithetic: bool, generator, device, seeds) -> Tensor:
     """Z (B, S, N) ~ N(0, I) per sample; antithetic: samples j and j + S//2 are (Z, -Z), an odd S's last
-    sample unpaired."""
+    sample unpaired. seeds: None (draw from `generator`) or G ints, group g's B/G rows from their own."""
+    drawn = S - S // 2 if antithetic else S  # independent samples per row
+    if seeds is None:
+        base = torch.randn(B, drawn, N, generator=generator, device=device, dtype=torch.float32)
+    else:
+        rows = B // len(seeds)
+        base = torch.cat([torch.randn(rows, drawn, N, generator=torch.Generator(device).manual_seed(int(seed)),
+                                      device=device, dtype=torch.float32) for seed in seeds])  # (B, drawn, N)
     if not antithetic:
-        return torch.randn(B, S, N, generator=generator, device=device, dtype=torch.float32)
+        return base
     half = S // 2
-    base = torch.randn(B, S - half, N, generator=generator, device=device, dtype=torch.float32)
     return torch.cat([base[:, :half], -base[:, :half], base[:, half:]], dim=1)  # (B, S, N)
 
 
@@ -104,7 +133,7 @@ def _baseline_weights(f: Tensor, loo: bool, antithetic: bool) -> Tensor:
 class _PerturbedTopK(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores: Tensor, k: int, num_samples: int, sigma: float, jacobian: str, generator,
-                variance_reduction: str):
+                variance_reduction: str, seeds):
         B, N = scores.shape
         s = scores.detach().float()  # accumulate in float32 whatever the input dtype
         if sigma == 0.0 or k == N:
@@ -115,7 +144,7 @@ class _PerturbedTopK(torch.autograd.Function):
             return _indicator(idx[:, None, :], N, 1.0).to(scores.dtype)
         ctx.zero_grad = False
         antithetic = "antithetic" in variance_reduction
-        noise = _draw_noise(B, num_samples, N, antithetic, generator, s.device)  # (B, S, N)
+        noise = _draw_noise(B, num_samples, N, antithetic, generator, s.device, seeds)  # (B, S, N)
         perturbed = s[:, None, :] + sigma * noise  # (B, S, N)
         idx = perturbed.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values  # (B, S, K)
         ctx.save_for_backward(idx, noise)
@@ -125,7 +154,7 @@ class _PerturbedTopK(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
-        nones = (None,) * 6
+        nones = (None,) * 7
         if ctx.zero_grad:
             return torch.zeros(grad_output.shape[0], grad_output.shape[2], dtype=grad_output.dtype,
                                device=grad_output.device), *nones
@@ -177,6 +206,7 @@ def perturbed_topk(
     jacobian: str = "full",
     variance_reduction: str = "none",
     generator: torch.Generator | None = None,
+    seeds: "Sequence[int] | Tensor | None" = None,
 ) -> Tensor:
     """Soft top-k indicator of `scores`, differentiable by the perturbed-maximum estimator.
 
@@ -189,6 +219,8 @@ def perturbed_topk(
         variance_reduction: "none", "loo", "antithetic" or "loo+antithetic" (module docstring); each
             keeps the estimator's expectation. "loo" variants need num_samples >= 2.
         generator: a `torch.Generator` on the scores' device, for reproducible noise.
+        seeds: G ints (a list or an int64 tensor), G dividing B: each group of B/G rows draws its noise
+            from its own generator seeded with its seed (module docstring); not with `generator`.
 
     Returns:
         P: (B, K, N), P[b, i] is the distribution of the i-th kept index (ascending order).
@@ -209,7 +241,14 @@ def perturbed_topk(
         raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
     if not scores.is_floating_point():
         raise TypeError(f"scores must be a floating-point tensor, got {scores.dtype}")
-    return _PerturbedTopK.apply(scores, k, int(num_samples), float(sigma), jacobian, generator, variance_reduction)
+    if seeds is not None:
+        seeds = seeds.tolist() if isinstance(seeds, Tensor) else [int(v) for v in seeds]
+        if generator is not None:
+            raise ValueError("give seeds or generator, not both")
+        if not seeds or scores.shape[0] % len(seeds):
+            raise ValueError(f"{len(seeds)} seeds cannot split {scores.shape[0]} rows into equal groups")
+    return _PerturbedTopK.apply(scores, k, int(num_samples), float(sigma), jacobian, generator, variance_reduction,
+                                seeds)
 
 
 def linear_sigma_schedule(step: int, total_steps: int, sigma_max: float, sigma_min: float = 0.0) -> float:

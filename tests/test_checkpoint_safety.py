@@ -114,7 +114,7 @@ def test_every_command_refuses_the_pickle(planted, synth, tmp_path, capsys):
 
 def test_stts_checkpoints_load_weights_only(tmp_path):
     from stts.engine.checkpoint import rng_state, save_training_state, set_rng_state
-    from stts.engine.evaluate import SelectionStats
+    from stts.engine.selection_stats import SelectionStats
 
     model = _tiny().train()
     _, sel = model(torch.randn(2, 3, 8, 32, 32), return_selections=True)
@@ -139,15 +139,15 @@ def test_stts_checkpoints_load_weights_only(tmp_path):
 
 
 def test_pyslowfast_config_is_read_by_a_safe_yaml_loader(tmp_path):
-    from stts.models.mvit import _official_cfg
+    from stts.models.pyslowfast import official_cfg
 
     # yacs writes tuples with the python/tuple tag: accepted, as a tuple
-    assert _official_cfg({"cfg": "MVIT:\n  PATCH_KERNEL: !!python/tuple [3, 7, 7]\nN: 1\n"}) == \
+    assert official_cfg({"cfg": "MVIT:\n  PATCH_KERNEL: !!python/tuple [3, 7, 7]\nN: 1\n"}) == \
         {"MVIT": {"PATCH_KERNEL": (3, 7, 7)}, "N": 1}
     # any other Python tag is refused (yaml's FullLoader would resolve this one to the function os.system)
     bad = "MODEL:\n  ARCH: mvit\n  NAME: !!python/name:os.system\n"
     with pytest.raises(ValueError, match="not YAML a safe loader reads"):
-        _official_cfg({"cfg": bad})
+        official_cfg({"cfg": bad})
     path = tmp_path / "official.pyth"
     torch.save({"model_state": {"w": torch.zeros(1)}, "cfg": bad}, path)
     with pytest.raises(CheckpointError, match=f"{path}: the PySlowFast config"):

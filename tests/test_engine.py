@@ -117,7 +117,8 @@ def test_finetune_from_official_weights_with_a_new_head():
 def test_scorer_only_warmup_then_backbone_trains(synth, tmp_path):
     """Fine-tune from a dense checkpoint: after the warm-up epoch the backbone equals the checkpoint
     and only the scorers moved; one epoch later the backbone moved too."""
-    from stts.engine.train import build_model, seed_everything, train
+    from stts.engine.build import build_model
+    from stts.engine.train import seed_everything, train
 
     dense = tiny_mvit(selection=None)
     stts.save_model(dense, tmp_path / "dense.pt")
@@ -318,7 +319,14 @@ def test_help(command, capsys):
     assert "stts" in capsys.readouterr().out
 
 
-def test_train_eval_export_bench_commands(synth, tmp_path, capsys):
+def _count_loads(monkeypatch) -> list:
+    """The files torch.load reads from now on (each checkpoint a command needs is read once)."""
+    loads, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: loads.append(str(f)) or real(f, *a, **kw))
+    return loads
+
+
+def test_train_eval_export_bench_commands(synth, tmp_path, capsys, monkeypatch):
     from stts.cli import main
     from stts.flops import count_flops
     from test_engine_helpers import write_config
@@ -344,7 +352,10 @@ def test_train_eval_export_bench_commands(synth, tmp_path, capsys):
     assert "T0 keeps 2/4 frames" in (out / "train.log").read_text()
     capsys.readouterr()
 
+    loads = _count_loads(monkeypatch)
     assert main(["eval", "--checkpoint", str(out / "best.pt"), f"eval.report={tmp_path / 'rep.json'}"]) == 0
+    assert loads == [str(out / "best.pt")]  # read once: for its run config and for its weights
+    monkeypatch.undo()
     screen = capsys.readouterr().out
     assert "top-1" in screen and "GFLOPs per view" in screen
     rep = json.loads((tmp_path / "rep.json").read_text())

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import decode_input, fixture_state_dict, load_fixture
 
 import stts
-from stts.checkpoint import load_state_dict_checked
+from stts.weights import load_state_dict_checked
 from stts.models import list_models, model_entry
 from stts.models.mvit import MViT, checkpoint_filter_fn, mvit_block_configs
 from stts.models.zoo import ZOO
@@ -152,8 +152,9 @@ def test_registry_lists_the_published_models():
     assert {"mvit_b_16x4", "mvit_b_32x3", *PUBLISHED} <= set(names) and set(PAPER_ZOO) == set(PUBLISHED)
     for name, (plan, top1, readme, official) in PAPER_ZOO.items():
         entry = model_entry(name)
-        assert entry.plan == plan
-        assert entry.plan_settings == dict(num_samples=500, sigma=0.1, jacobian="diagonal")  # sigma 0.1, authors' estimator
+        assert str(entry.plan) == plan
+        assert entry.plan.settings == dict(num_samples=500, sigma=0.1, jacobian="diagonal", variance_reduction="none",
+                                           policy="learned")  # sigma 0.1, authors' estimator
         assert entry.meta["top1"] == top1 and entry.meta["readme_gflops"] == readme
         assert entry.meta["official_gflops"] == pytest.approx(official, abs=0.005)
     assert model_entry("mvit_b_16x4").meta["top1"] == 78.4

@@ -8,7 +8,7 @@ from conftest import decode_input, fixture_state_dict, load_fixture
 
 import stts
 from stts.checkpoint import CheckpointError
-from stts.models.mvit import model_from_official, model_kwargs_from_official, plan_from_official
+from stts.models.pyslowfast import model_from_official, model_kwargs_from_official, plan_from_official
 
 
 def pyslowfast_cfg(time_loc=None, space_loc=None, time_ratio=(0.5,), space_ratio=(0.7367,), **mvit) -> dict:

@@ -7,7 +7,7 @@ from torch import nn
 import stts
 from stts.patch import run_selectors
 from stts.plan import SelectionPlan, SelectorSpec, parse_plan
-from stts.selectors import AnchorSelector, TemporalSelector
+from stts.selectors import SELECTORS, AnchorSelector, TemporalSelector
 
 
 @pytest.mark.parametrize("text,specs", [
@@ -141,3 +141,79 @@ def test_check_selection_sees_earlier_selectors_of_the_same_plan():
     with pytest.raises(ValueError):
         stts.patch(model, "T1_0.5-T2_k3")
     assert len(model.selectors) == 0  # rolled back
+
+
+# ---------------------------------------------------------------------------------------------------
+# The rules every selector and backbone use (SelectorSpec), by hand from the published rule:
+# k = keep or int(n * ratio); a = floor(sqrt(int(H*W * ratio))), s = max((min(H, W) - a) // 2, 1).
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("part,thw,kept,anchor,out", [
+    ("T0_0.5", (8, 56, 56), 4, None, (4, 56, 56)),          # MViT-B: 4 of 8 temporal tokens
+    ("T0_0.875", (8, 56, 56), 7, None, (7, 56, 56)),        # 8 * 0.875 = 7 exactly
+    ("T0_0.5625", (16, 56, 56), 9, None, (9, 56, 56)),      # Swin-B t0.5: 9 of 16
+    ("T0_0.29", (100, 1, 1), 29, None, (29, 1, 1)),         # 0.29 * 100 = 28.999...: the epsilon rescues it
+    ("T0_k3", (8, 7, 9), 3, None, (3, 7, 9)),
+    ("S4_0.7367", (4, 14, 14), 144, (12, 1), (4, 12, 12)),  # int(196 * 0.7367) = 144 -> 12x12, stride 1
+    ("S4_0.863", (7, 14, 14), 169, (13, 1), (7, 13, 13)),   # int(169.15) = 169 -> 13x13
+    ("S4_0.2", (4, 7, 7), 9, (3, 2), (4, 3, 3)),            # int(9.8) = 9 -> 3x3, stride (7 - 3) // 2 = 2
+    ("S1_0.6", (4, 8, 8), 38, (6, 1), (4, 6, 6)),           # the demo: int(38.4) = 38 -> 6x6
+    ("S1_a5s2", (8, 7, 9), None, (5, 2), (8, 5, 5)),
+    ("S1_a5", (8, 7, 9), None, (5, 1), (8, 5, 5)),          # stride max((7 - 5) // 2, 1) = 1
+    ("S1_a3", (2, 9, 7), None, (3, 2), (2, 3, 3)),          # the shorter side sets the stride: (7 - 3) // 2
+    ("K2_0.25", (8, 14, 14), 392, None, (1, 1, 392)),       # a flat sequence of 1568 / 4 tokens
+    ("K2_k10", (1, 1, 40), 10, None, (1, 1, 10)),
+])
+def test_selector_spec_rules(part, thw, kept, anchor, out):
+    spec = parse_plan(part).specs[0]
+    T, H, W = thw
+    if kept is not None:
+        assert spec.kept({"T": T, "S": H * W, "K": T * H * W}[spec.kind]) == kept
+    if anchor is not None:
+        assert spec.anchor(H, W) == anchor
+    assert spec.out_grid(thw) == out
+
+
+def test_selectors_run_their_specs_rule():
+    """A selector's output grid is its spec's (the rule lives once)."""
+    torch.manual_seed(0)
+    for part, thw in (("T0_0.5", (8, 3, 3)), ("S0_0.6", (2, 8, 8)), ("S0_a3s2", (2, 7, 9)), ("K0_0.25", (2, 4, 4))):
+        spec = parse_plan(part).specs[0]
+        sel = SELECTORS[spec.kind](16, spec=spec).eval()
+        T, H, W = thw
+        with torch.no_grad():
+            _, new_thw = sel(torch.randn(2, T * H * W, 16), thw)
+        assert new_thw == spec.out_grid(thw) == sel.out_grid(thw), part
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(kind="X", before=0, ratio=0.5), "kind must be one of T, S, K"),
+    (dict(kind="T", before=0), "exactly one of ratio and keep, got none"),
+    (dict(kind="T", before=0, ratio=0.5, keep=2), "exactly one of ratio and keep, got ratio, keep"),
+    (dict(kind="S", before=0, keep=2), "exactly one of ratio and anchor_size, got keep"),
+    (dict(kind="K", before=0, anchor_size=2), "exactly one of ratio and keep, got anchor_size"),
+    (dict(kind="T", before=0, ratio=1.5), "must be in"),
+    (dict(kind="S", before=0, anchor_size=0), "anchor_size must be >= 1"),
+])
+def test_selector_spec_refuses_what_no_selector_can_run(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SelectorSpec(**kwargs)
+
+
+def test_plan_settings_are_one_set():
+    plan = parse_plan("T0_0.5-S4_0.7", sigma=0.1, jacobian="diagonal", policy="uniform")
+    assert plan.settings == dict(num_samples=500, sigma=0.1, jacobian="diagonal", variance_reduction="none",
+                                 policy="uniform")
+    again = plan.with_settings(sigma=0.2)
+    assert again.specs == plan.specs and again.sigma == 0.2 and again.jacobian == "diagonal"
+    assert parse_plan(plan, num_samples=30).settings == {**plan.settings, "num_samples": 30}
+    with pytest.raises(TypeError, match="unknown selection settings"):
+        plan.with_settings(specs=())
+    # patch builds every selector with the plan's settings, in its constructor.
+    model = stts.patch(ToyBackbone(), parse_plan("T1_0.5-S2_a2", sigma=0.3, jacobian="diagonal", num_samples=7,
+                                                 variance_reduction="loo", policy="uniform"))
+    for sel in model.selectors.values():
+        assert (sel.sigma, sel.jacobian, sel.num_samples, sel.variance_reduction, sel.policy) == \
+            (0.3, "diagonal", 7, "loo", "uniform")
+        assert sel.scorer is None  # a baseline policy has no scorer

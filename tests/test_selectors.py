@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import decode_input, fixture_state_dict, load_fixture
+from stts.plan import SelectorSpec
 from stts.scorer import Scorer, minmax_normalize
 from stts.selectors import AnchorSelector, Selection, TemporalSelector, TokenSelector, set_sigma
 
@@ -291,3 +292,66 @@ def test_scorer_structure():
     assert not torch.allclose(scorer(x)[:, 0], scorer(y)[:, 0])
     with pytest.raises(ValueError, match="multiple of 4"):
         Scorer(6)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Noise per clip (`seeds`): a clip's training output does not depend on the batch it is in
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make,thw", [
+    (lambda C, name: TemporalSelector(C, spec=SelectorSpec("T", name, ratio=0.5), sigma=0.3, num_samples=40), (4, 3, 3)),
+    (lambda C, name: AnchorSelector(C, spec=SelectorSpec("S", name, anchor_size=2, anchor_stride=1), sigma=0.3,
+                                    num_samples=40), (3, 4, 4)),
+    (lambda C, name: TokenSelector(C, spec=SelectorSpec("K", name, ratio=0.5), sigma=0.3, num_samples=40), (2, 3, 3)),
+])
+def test_seeded_noise_follows_the_clip_not_the_batch(make, thw):
+    """Clips 2 and 0 of a batch of 4, run as a batch of 2 with their seeds: the same soft outputs and the
+    same scorer gradient (the sum of the two clips' shares); another seed, or the same seeds in a
+    selector placed elsewhere (it mixes in its name), draws other noise."""
+    torch.manual_seed(0)
+    C = 8
+    T, H, W = thw
+    sel = make(C, 1).train()
+    x = torch.randn(4, 1 + T * H * W, C)
+    seeds = torch.tensor([101, 202, 303, 404])
+    w = torch.randn(4, 1 + T * H * W, C)
+
+    def run(rows, seeds, selector=sel):
+        selector.zero_grad()
+        out, _ = selector(x[rows], thw, seeds=seeds)
+        (out * w[rows, :out.shape[1]]).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in selector.named_parameters()}
+
+    out4, _ = run([0, 1, 2, 3], seeds)
+    out2, grad2 = run([2, 0], seeds[[2, 0]])
+    torch.testing.assert_close(out2, out4[[2, 0]], rtol=0, atol=1e-6)
+    _, grad_a = run([2], seeds[[2]])
+    _, grad_b = run([0], seeds[[0]])
+    for n in grad2:
+        if n != "scorer.head.4.bias":  # min-max cancels it: its gradient is rounding noise (see above)
+            torch.testing.assert_close(grad2[n], grad_a[n] + grad_b[n], rtol=1e-4, atol=1e-5)
+    other, _ = run([2, 0], seeds[[2, 0]] + 1)
+    assert not torch.equal(other, out2)
+    moved = make(C, 5)
+    moved.load_state_dict(sel.state_dict())
+    elsewhere, _ = run([2, 0], seeds[[2, 0]], moved)
+    assert not torch.equal(elsewhere, out2)
+    # In eval the choice is hard: no noise, seeds or not.
+    sel.eval()
+    with torch.no_grad():
+        assert torch.equal(sel(x, thw, seeds=seeds)[0], sel(x, thw)[0])
+
+
+def test_frames_of_a_clip_draw_independent_anchor_noise():
+    """An anchor selector scores every frame of a clip: with the clip's seed its T rows still draw their
+    own noise (one generator for the clip, T draws), so identical frames get different soft windows."""
+    torch.manual_seed(0)
+    T, H, W, C = 3, 4, 4, 8
+    sel = AnchorSelector(C, anchor_size=2, stride=1, sigma=0.5, num_samples=6).train()
+    frame = torch.randn(1, 1, H * W, C)
+    x = with_cls(frame.expand(2, T, H * W, C).reshape(2, T * H * W, C))  # every frame the same
+    with torch.no_grad():
+        out, _ = sel(x, (T, H, W), seeds=torch.tensor([5, 6]))
+    windows = out[:, 1:].reshape(2, T, 4 * C)
+    assert not torch.equal(windows[:, 0], windows[:, 1]) and not torch.equal(windows[:, 1], windows[:, 2])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import stts
-from stts.checkpoint import CheckpointError, load_state_dict_checked
+from stts.weights import CheckpointError, load_state_dict_checked
 from stts.flops import count_flops
 from stts.models import model_entry
 from stts.models.swin3d import (
@@ -58,8 +58,8 @@ def test_official_fixture(name, device):
         assert torch.equal(kept["T0"].indices.cpu(), io["time_indices"])
         torch.testing.assert_close(kept["T0"].scores.cpu(), io["time_normalized_scores"], **tol)
         sel = model.selectors["T0"]
-        tokens = model.patch_embed(x)  # (B, T, H, W, C)
-        frames = tokens.flatten(2, 3)  # (B, T, H*W, C)
+        tokens, (T, H, W) = model.patch_embed(x)  # (B, T*H*W, C)
+        frames = tokens.view(x.shape[0], T, H * W, -1)  # (B, T, H*W, C)
         with torch.no_grad():
             raw = sel.scorer(torch.cat([frames.mean(2), frames.amax(2)], -1))
         torch.testing.assert_close(raw.cpu(), io["time_raw_scores"], **tol)
@@ -281,7 +281,8 @@ def test_selection_eval_matches_naive_gathers(plan, anchors, out_thw, device):
         logits = model.forward_head(feats)
     model.cpu()
     with torch.no_grad():
-        z = model.patch_embed(x)  # (B, T, H, W, C)
+        tokens, thw = model.patch_embed(x)  # (B, T*H*W, C)
+        z = tokens.view(x.shape[0], *thw, -1)  # (B, T, H, W, C)
         for i, stage in enumerate(model.layers):
             for name, sel in model.selectors.items():
                 if sel.before == i and sel.kind == "temporal":
@@ -324,7 +325,7 @@ def test_registry_entries():
               "swin3d_b_stts_t0.5", "swin3d_b_stts_t0.4"]:
         assert n in names
     entry = model_entry("swin3d_b_stts_t0.5")
-    assert entry.plan == "T0_0.5625" and entry.meta["top1"] == 81.1 and entry.meta["frames_kept"] == "9/16"
+    assert str(entry.plan) == "T0_0.5625" and entry.meta["top1"] == 81.1 and entry.meta["frames_kept"] == "9/16"
     model = meta_model("swin3d_b_stts_t0.5")
     assert model.faithful and model.temporal_window == "pad"
     assert model.selectors["T0"].jacobian == "diagonal"

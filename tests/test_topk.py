@@ -406,6 +406,67 @@ def test_generator_reproducible():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Noise per row group (`seeds=`): what lets one process and two draw the same noise for a clip.
+# ---------------------------------------------------------------------------------------------------
+
+
+def seeded_noise(rows_per_seed, S, N, seeds, antithetic):
+    """The noise the docstring promises, written out: group g's rows from a generator seeded with
+    seeds[g]; antithetic pairs made within each row as in `naive_noise_antithetic`."""
+    parts = []
+    for seed in seeds:
+        make = naive_noise_antithetic if antithetic else naive_noise
+        parts.append(make(rows_per_seed, S, N, seed))
+    return torch.cat(parts)  # (B, S, N)
+
+
+@pytest.mark.parametrize("jacobian", ["full", "diagonal"])
+@pytest.mark.parametrize("variance_reduction", ["none", "loo+antithetic"])
+@pytest.mark.parametrize("rows_per_seed", [1, 3])  # 3: an anchor selector's T frames of one clip
+def test_seeded_rows_draw_their_own_noise(jacobian, variance_reduction, rows_per_seed):
+    torch.manual_seed(0)
+    seeds, S, N, k, sigma = [11, 7, 2**62 + 5, 0], 9, 7, 3, 0.4
+    B = rows_per_seed * len(seeds)
+    scores, G = torch.randn(B, N), torch.randn(B, k, N)
+    noise = seeded_noise(rows_per_seed, S, N, seeds, "antithetic" in variance_reduction)
+    s = scores.clone().requires_grad_(True)
+    P = perturbed_topk(s, k, num_samples=S, sigma=sigma, jacobian=jacobian, variance_reduction=variance_reduction,
+                       seeds=torch.tensor(seeds))
+    P.backward(G)
+    torch.testing.assert_close(P, naive_forward(scores, k, sigma, noise), rtol=0, atol=1e-6)
+    torch.testing.assert_close(s.grad, naive_grad_variant(scores, k, sigma, noise, G, jacobian, variance_reduction),
+                               rtol=1e-5, atol=1e-5)
+    # The same clips in another batch, in another order, draw the same noise: same rows, same gradient.
+    pick = [2, 0]
+    rows = torch.cat([torch.arange(g * rows_per_seed, (g + 1) * rows_per_seed) for g in pick])
+    s2 = scores[rows].clone().requires_grad_(True)
+    P2 = perturbed_topk(s2, k, num_samples=S, sigma=sigma, jacobian=jacobian, variance_reduction=variance_reduction,
+                        seeds=[seeds[g] for g in pick])
+    P2.backward(G[rows])
+    assert torch.equal(P2, P[rows]) and torch.equal(s2.grad, s.grad[rows])
+
+
+def test_seed_arguments_are_checked():
+    with pytest.raises(ValueError, match="3 seeds cannot split 4 rows"):
+        perturbed_topk(torch.randn(4, 5), 2, sigma=0.1, seeds=[1, 2, 3])
+    with pytest.raises(ValueError, match="seeds or generator"):
+        perturbed_topk(torch.randn(2, 5), 2, sigma=0.1, seeds=[1, 2], generator=torch.Generator())
+
+
+def test_noise_seed_mixes_every_part():
+    from stts.topk import noise_seed
+
+    parts = [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0), (0, 1), (1, 0), (2**40, 0, 0), (-1, 0, 0)]
+    seeds = [noise_seed(*p) for p in parts]
+    assert len(set(seeds)) == len(parts)  # order, position and value of every part matter
+    assert all(0 <= v < 2**63 for v in seeds)
+    assert noise_seed(3, 5, 7) == noise_seed(3, 5, 7)  # a pure function: every process computes the same
+    # Nearby parts give unrelated seeds: about half of the 63 bits differ between neighbouring steps.
+    flips = [bin(noise_seed(0, step, 9) ^ noise_seed(0, step + 1, 9)).count("1") for step in range(200)]
+    assert 25 < sum(flips) / len(flips) < 38
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("jacobian", ["full", "diagonal"])
 @pytest.mark.parametrize("variance_reduction", VARIANTS)
@@ -496,7 +557,7 @@ def test_public_names():
 def test_variance_reduction_travels_like_jacobian(tmp_path, monkeypatch):
     import stts.selectors
     from stts.config import ConfigError, load_config
-    from stts.engine.train import build_model
+    from stts.engine.build import build_model
     from stts.plan import SelectionPlan, parse_plan
     from test_engine_helpers import TINY_MVIT, TINY_PLAN
 
@@ -513,7 +574,7 @@ def test_variance_reduction_travels_like_jacobian(tmp_path, monkeypatch):
     assert [s.variance_reduction for s in again.selectors.values()] == ["antithetic"] * 2
     # A published variant (its builder adds the plan): load_model restores the saved setting on top.
     pub = stts.create_model("mvit_b_16x4_stts_t0.5_s0.7", embed_dim=16, img_size=112, num_classes=3)
-    pub.plan = pub.plan.with_options(variance_reduction="loo+antithetic")
+    pub.plan = pub.plan.with_settings(variance_reduction="loo+antithetic")
     stts.save_model(pub, tmp_path / "pub.pt")
     loaded = stts.load_model(tmp_path / "pub.pt")
     assert {s.variance_reduction for s in loaded.selectors.values()} == {"loo+antithetic"}

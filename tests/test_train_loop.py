@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import stts
 import stts.engine.train as engine
+from stts.engine.build import amp_dtype_for
 from test_engine_helpers import (NUM_CLASSES, TINY_MVIT, checkpoint, load, max_diff, one_thread, records,  # noqa: F401
                                  run_config, synth, weights)
 
@@ -109,14 +110,14 @@ def test_amp_dtype_choice(monkeypatch):
     """train.amp: auto is bf16 on a GPU that has it, else fp16, and off on the CPU; off is off."""
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert engine.amp_dtype_for("auto", cuda) == torch.bfloat16
+    assert amp_dtype_for("auto", cuda) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert engine.amp_dtype_for("auto", cuda) == torch.float16
-    assert engine.amp_dtype_for("auto", cpu) is None
+    assert amp_dtype_for("auto", cuda) == torch.float16
+    assert amp_dtype_for("auto", cpu) is None
     for dev in (cpu, cuda):
-        assert engine.amp_dtype_for("off", dev) is None
-        assert engine.amp_dtype_for("bf16", dev) == torch.bfloat16
-        assert engine.amp_dtype_for("fp16", dev) == torch.float16
+        assert amp_dtype_for("off", dev) is None
+        assert amp_dtype_for("bf16", dev) == torch.bfloat16
+        assert amp_dtype_for("fp16", dev) == torch.float16
 
 
 @pytest.fixture

@@ -270,7 +270,7 @@ def videos(tmp_path_factory):
             "missing": str(d / "gone.mp4")}
 
 
-def test_visualize_cli(tmp_path, videos, capsys):
+def test_visualize_cli(tmp_path, videos, capsys, monkeypatch):
     import stts
     from stts.cli import main
 
@@ -278,8 +278,12 @@ def test_visualize_cli(tmp_path, videos, capsys):
     ckpt = tmp_path / "model.pt"
     stts.save_model(stts.create_model("mvit_b_16x4", **TINY_MVIT), ckpt)
     out = tmp_path / "vis"
+    loads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: loads.append(str(f)) or real_load(f, *a, **kw))
     code = main(["visualize", "--checkpoint", str(ckpt), videos["good"], videos["corrupt"], videos["missing"],
                  "--out", str(out)])
+    monkeypatch.undo()
+    assert loads == [str(ckpt)]  # the checkpoint is read once (model, config, class names)
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert (out / "clip.png").stat().st_size > 0 and (out / "clip.gif").stat().st_size > 0

@@ -74,14 +74,15 @@ def run(args) -> int:
         config = overrides.pop(0)
     if config is None and not args.checkpoint:
         raise UsageError("give a CONFIG.yaml or --checkpoint PATH")
-    base, described = None, "no run config"
+    base, described, ckpt = None, "no run config", None
     if args.checkpoint:
         overrides.append(f"eval.checkpoint={args.checkpoint}")
-        if config is None:
+        if config is None:  # the checkpoint's own run config is the base: read it here, once
             ckpt = read_checkpoint(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
             base = base_config(ckpt)
             described = "a run config" if ckpt.get("config") else "no run config (weights and model only)"
-            del ckpt
+            for unused in ("optimizer", "scaler", "rng"):  # training state: not needed to evaluate
+                ckpt.pop(unused, None)
     cfg = load_config(config, overrides, base=base, base_source=f"checkpoint {args.checkpoint}", check_paths=False)
     d, split = cfg.data, cfg.eval.split
     annotations = (d.test_annotations or d.val_annotations) if split == "test" else d.val_annotations
@@ -89,5 +90,5 @@ def run(args) -> int:
         source = config or f"{args.checkpoint} ({described})"
         raise DataError(f"no data to evaluate: {source} names no {split} annotations; give "
                         f"data.val_annotations=FILE (and data.root=DIR, data.classes_file=FILE) or a CONFIG.yaml")
-    run_eval(cfg, trust_checkpoint=args.trust_checkpoint)
+    run_eval(cfg, trust_checkpoint=args.trust_checkpoint, ckpt=ckpt)
     return 0

@@ -101,7 +101,7 @@ def run(args) -> int:
 
     import torch
 
-    from stts.checkpoint import model_from_checkpoint, read_checkpoint
+    from stts.checkpoint import load_model, read_checkpoint
     from stts.data.datasets import resolve_sampling
     from stts.data.decode import DecodeError, decode_frames
     from stts.data.sampling import sample_indices
@@ -111,7 +111,7 @@ def run(args) -> int:
 
     device = parse_device(args.device)
     ckpt = read_checkpoint(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
-    model = model_from_checkpoint(ckpt, args.checkpoint)
+    model = load_model(ckpt, name=args.checkpoint)  # the file is read once, above
     model.to(device).eval()
     cfg, source = _data_config(ckpt, model, args)  # a bad --frames / --size is a ConfigError naming it
     num_classes = getattr(model, "num_classes", 0)

@@ -19,15 +19,16 @@ unpickles it in full and runs any code it carries: only for files you trust.
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from stts.checkpoint import (CheckpointError, atomic_save, extract_state_dict, load_state_dict_checked, model_config,
-                             read_checkpoint, remove_orphan_temps)
+from stts.checkpoint import load_model, model_config, save_model
+from stts.models import checkpoint_filter_for
+from stts.weights import (CheckpointError, atomic_save, extract_state_dict, load_state_dict_checked, read_checkpoint,
+                          remove_orphan_temps)
 
 __all__ = ["rng_state", "set_rng_state", "save_training_state", "load_training_state", "find_resume",
            "load_finetune", "export_safetensors"]
@@ -118,7 +119,7 @@ def load_finetune(model: nn.Module, path: "str | Path", *, trust_checkpoint: boo
     ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
     sd = extract_state_dict(ckpt)
     raw = getattr(model, "module", model)
-    filter_fn = getattr(sys.modules.get(type(raw).__module__), "checkpoint_filter_fn", None)
+    filter_fn = checkpoint_filter_for(raw)
     if filter_fn is not None and "stts" not in ckpt:
         sd = filter_fn(sd, raw)  # official keys -> ours
     own = raw.state_dict()
@@ -136,8 +137,6 @@ def export_safetensors(checkpoint: "str | Path", out: "str | Path", *, trust_che
     """Write a checkpoint's weights to safetensors with the build config in the metadata (key "stts",
     JSON), so `stts.load_model(out)` rebuilds the model. Returns the build config.
     trust_checkpoint: unpickle a file the safe loader refuses (runs its code: trusted files only)."""
-    from stts.checkpoint import load_model, save_model
-
     model = load_model(checkpoint, trust_checkpoint=trust_checkpoint)  # validates: the weights fit the model they claim to be
     save_model(model, out)
     return model_config(model)

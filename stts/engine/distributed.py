@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "setup", "cleanup", "all_reduce", "all_reduce_mean", "all_gather_objects", "barrier",
-           "parse_device"]
+__all__ = ["DistEnv", "setup", "cleanup", "all_reduce", "all_reduce_mean", "all_gather_objects", "parse_device"]
 
 
 @dataclass(frozen=True)
@@ -90,11 +89,6 @@ def cleanup() -> None:
 
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def barrier() -> None:
-    if _active():
-        dist.barrier()
 
 
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -24,9 +24,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from stts.checkpoint import load_model
 from stts.engine import distributed as D
+from stts.engine.build import amp_dtype_for, build_model
+from stts.engine.logging import eval_summary
+from stts.engine.selection_stats import SelectionStats
+from stts.errors import CheckpointError
+from stts.models import model_entry
+from stts.plan import parse_plan
+from stts.weights import load_state_dict_checked, read_checkpoint
 
-__all__ = ["aggregate_views", "accuracy_metrics", "SelectionStats", "evaluate", "eval_model", "run_eval"]
+__all__ = ["aggregate_views", "accuracy_metrics", "evaluate", "eval_model", "run_eval"]
 
 
 def aggregate_views(index: Tensor, scores: Tensor, num_videos: int, average: str = "logits") -> tuple[Tensor, Tensor]:
@@ -60,94 +68,6 @@ def accuracy_metrics(scores: Tensor, labels: Tensor, *, topk: int = 5) -> dict:
     per_class = [correct1[labels == cls].float().mean().item() for cls in labels.unique().tolist()]
     return {"top1": 100.0 * correct1.float().mean().item(), f"top{topk}": 100.0 * correctk.float().mean().item(),
             "mean_class_acc": 100.0 * float(np.mean(per_class)), "videos": n}
-
-
-class SelectionStats:
-    """Accumulates what each selector keeps (hard choices) over batches; summary() after reducing ranks.
-
-    temporal: how often each input frame is kept; anchor: how often each anchor position wins and the
-    mean anchor centre (fraction of the map height/width); token: kept tokens per input frame.
-    Counts stay on the selections' device (no GPU sync per step) until `state()` / `reduce()`.
-    """
-
-    _SUMS = ("hist", "centre", "size")
-
-    def __init__(self, data: dict | None = None):
-        self.data: dict[str, dict] = data or {}
-
-    def update(self, selections: dict) -> None:
-        for name, sel in selections.items():
-            T, H, W = sel.thw_in
-            idx = sel.indices.detach()
-            centre = size = torch.zeros(2 if sel.kind == "anchor" else 1, device=idx.device)
-            if sel.kind == "temporal":  # idx (B, K): counted per clip
-                hist, n, kept = torch.bincount(idx.flatten(), minlength=T), idx.shape[0], idx.shape[1]
-            elif sel.kind == "anchor":  # idx (B, T): counted per frame
-                hist, n, kept = torch.bincount(idx.flatten(), minlength=sel.scores.shape[-1]), idx.numel(), 1
-                top, left, h, w = sel.boxes.detach().float().reshape(-1, 4).unbind(-1)  # (B*T,) each
-                centre = torch.stack([((top + h / 2) / H).sum(), ((left + w / 2) / W).sum()])
-                size = h.sum()[None]
-            else:  # token: idx (B, K) positions in T*H*W -> kept tokens per input frame
-                frames = torch.div(idx, H * W, rounding_mode="floor")
-                hist, n, kept = torch.bincount(frames.flatten(), minlength=T), idx.shape[0], idx.shape[1]
-            d = self.data.setdefault(name, {"kind": sel.kind, "thw_in": (T, H, W), "kept": kept, "n": 0,
-                                            "hist": 0, "centre": 0, "size": 0})
-            for key, value in zip(self._SUMS, (hist, centre, size)):
-                d[key] = torch.as_tensor(d[key], device=value.device) + value
-            d["n"] += n
-
-    def state(self) -> dict:
-        """The counts as plain Python lists and numbers (checkpoints load them with weights_only=True;
-        all_gather_object sends them)."""
-        return {name: {k: (v.detach().cpu().tolist() if isinstance(v, Tensor) else v) for k, v in d.items()}
-                for name, d in self.data.items()}
-
-    def reduce(self) -> "SelectionStats":
-        """Merge every rank's counts (small: all_gather_object), so each rank holds the totals."""
-        merged: dict[str, dict] = {}
-        for part in D.all_gather_objects(self.state()):
-            for name, d in part.items():
-                m = merged.setdefault(name, {**d, "n": 0, **{k: 0 for k in self._SUMS}})
-                m["n"] += d["n"]
-                for key in self._SUMS:  # element-wise (lists would concatenate)
-                    m[key] = (np.asarray(m[key]) + np.asarray(d[key])).tolist()
-        return SelectionStats(merged)
-
-    def summary(self) -> dict:
-        out = {}
-        for name, d in self.state().items():
-            n = max(d["n"], 1)
-            (T, H, W), frac = d["thw_in"], [round(float(v) / n, 4) for v in d["hist"]]
-            if d["kind"] == "anchor":
-                y, x = (np.asarray(d["centre"], dtype=np.float64) / n).tolist()
-                out[name] = {"kind": "anchor", "map": [H, W], "anchor_size": round(float(d["size"][0]) / n),
-                             "frames": d["n"], "anchor_win_fraction": frac,
-                             "mean_centre_yx": [round(y, 4), round(x, 4)]}
-            elif d["kind"] == "temporal":
-                out[name] = {"kind": "temporal", "frames_in": T, "kept": d["kept"], "clips": d["n"],
-                             "kept_fraction_per_frame": frac}
-            else:
-                out[name] = {"kind": "token", "frames_in": T, "kept": d["kept"], "clips": d["n"],
-                             "kept_tokens_per_frame": [round(float(v) / n, 2) for v in d["hist"]]}
-        return out
-
-
-def format_selections(summary: dict) -> str:
-    """One line per selector: 'T0 kept frames [0.9 0.1 ...]', 'S4 anchor centre (0.50, 0.48)'."""
-    lines = []
-    for name, s in summary.items():
-        if s["kind"] == "temporal":
-            lines.append(f"{name} keeps {s['kept']}/{s['frames_in']} frames; kept fraction per frame: "
-                         + " ".join(f"{v:.2f}" for v in s["kept_fraction_per_frame"]))
-        elif s["kind"] == "anchor":
-            y, x = s["mean_centre_yx"]
-            lines.append(f"{name} anchor {s['anchor_size']}x{s['anchor_size']} of {s['map'][0]}x{s['map'][1]}; "
-                         f"mean centre (y, x) = ({y:.2f}, {x:.2f}); wins: "
-                         + " ".join(f"{v:.2f}" for v in s["anchor_win_fraction"]))
-        else:
-            lines.append(f"{name} keeps {s['kept']} tokens; per frame: "
-                         + " ".join(f"{v:.1f}" for v in s["kept_tokens_per_frame"]))
-    return "\n".join(lines)
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
@@ -219,17 +139,12 @@ def evaluate(model: nn.Module, loader, *, num_videos: int, num_classes: int, dev
 
 def _plan_key(plan) -> tuple[str, str]:
     """(canonical plan string, policy) of a SelectionPlan, a plan string or None; ("", "learned") = dense."""
-    from stts.plan import parse_plan
-
     plan = parse_plan(plan)
     return (str(plan), plan.policy) if len(plan) else ("", "learned")
 
 
 def _config_plan_key(cfg) -> tuple[str, str]:
     """The plan `cfg.model` asks for: model.selection (with model.policy), else the name's own plan."""
-    from stts.models import model_entry
-    from stts.plan import parse_plan
-
     m = cfg.model
     if m.selection:
         return str(parse_plan(m.selection)), m.policy
@@ -243,11 +158,7 @@ def eval_model(cfg, ckpt: dict, path, num_classes: int) -> tuple[nn.Module, str 
     Never ignores the request: the scorers a dense checkpoint lacks start untrained (the note says so);
     a checkpoint missing any other weight, or trained for another number of classes, is refused.
     """
-    from stts.checkpoint import load_state_dict_checked, model_from_checkpoint
-    from stts.engine.train import build_model
-    from stts.errors import CheckpointError
-
-    own = model_from_checkpoint(ckpt, path)
+    own = load_model(ckpt, name=path)
     have = _plan_key(getattr(own, "plan", None))
     wanted = _config_plan_key(cfg)
     if getattr(own, "num_classes", num_classes) != num_classes:
@@ -284,16 +195,15 @@ def _describe_plan(key: tuple[str, str]) -> str:
     return f"plan {plan}" + (f" ({policy} policy)" if policy != "learned" else "")
 
 
-def run_eval(cfg, *, checkpoint: str | None = None, trust_checkpoint: bool = False) -> dict:
+def run_eval(cfg, *, checkpoint: str | None = None, trust_checkpoint: bool = False, ckpt: dict | None = None) -> dict:
     """`stts eval`: load the checkpoint, evaluate `cfg.eval.split`, write the JSON report (rank 0).
 
     cfg.model decides the selection plan: a checkpoint of another plan is evaluated under cfg's plan
-    (see `eval_model`). trust_checkpoint: unpickle a checkpoint the safe (weights-only) loader refuses;
+    (see `eval_model`). ckpt: the checkpoint dict, if the caller has read it already (a file is read
+    once per command). trust_checkpoint: unpickle a checkpoint the safe (weights-only) loader refuses;
     that runs any code the file carries: only for files you trust.
     """
-    from stts.checkpoint import read_checkpoint
     from stts.data import build_dataset, build_loader
-    from stts.engine.train import amp_dtype_for
     from stts.flops import count_flops
 
     env = D.setup(cfg.train.device)
@@ -302,7 +212,8 @@ def run_eval(cfg, *, checkpoint: str | None = None, trust_checkpoint: bool = Fal
             torch.set_num_threads(cfg.train.threads)
         out_dir = Path(cfg.train.output_dir)
         ckpt_path = Path(checkpoint or cfg.eval.checkpoint or out_dir / "best.pt")
-        ckpt = read_checkpoint(ckpt_path, trust_checkpoint=trust_checkpoint)
+        if ckpt is None:
+            ckpt = read_checkpoint(ckpt_path, trust_checkpoint=trust_checkpoint)
         ds = build_dataset(cfg.data, cfg.eval.split, seed=cfg.train.seed)
         model, note = eval_model(cfg, ckpt, ckpt_path, ds.num_classes)
         del ckpt
@@ -327,8 +238,6 @@ def run_eval(cfg, *, checkpoint: str | None = None, trust_checkpoint: bool = Fal
         if env.main:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(report, indent=1))
-            from stts.engine.logging import eval_summary
-
             print(eval_summary(report, path))
         report["report_path"] = str(path)
         return report

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from stts.engine.selection_stats import format_selections
+
 __all__ = ["RunLogger", "train_summary", "eval_summary"]
 
 
@@ -119,7 +121,6 @@ def train_summary(s: dict) -> str:
 
 def eval_summary(r: dict, path) -> str:
     """The end-of-evaluation screen."""
-    from stts.engine.evaluate import format_selections
 
     lines = [
         "=" * 72,

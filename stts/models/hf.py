@@ -184,7 +184,7 @@ def vit_from_videomae(src: Any, *, config: Any = None, selection: Any = None, **
     The model is built through `stts.create_model("vit_b_16x16", **kwargs)` with every kwarg given, so
     `stts.save_model` / `stts.load_model` rebuild it exactly.
     """
-    from stts.checkpoint import CheckpointError, load_state_dict_checked
+    from stts.weights import CheckpointError, load_state_dict_checked
     from stts.models._registry import create_model
 
     if isinstance(src, (str, Path)) and Path(src).is_dir():

@@ -1,17 +1,72 @@
-"""What the backbones share: the classifier interface, MLP, stochastic depth, weight init.
+"""Layers the backbones share: patch embedding, MLP, stochastic depth, weight init.
 
 Backbone-specific attention (MViT pooling attention, Swin window attention, ViT joint attention)
-lives in the backbone's own file.
+lives in the backbone's own file; the classifier interface and selection surface in `base.py`.
 """
 
 from __future__ import annotations
 
-import math
+from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["VideoClassifier", "Mlp", "DropPath", "drop_path", "init_weights_trunc_normal"]
+__all__ = ["PatchEmbed3d", "Mlp", "DropPath", "drop_path", "init_weights_trunc_normal"]
+
+Thw = tuple[int, int, int]
+
+
+def triple(v) -> Thw:
+    """An int or 3 ints -> (t, h, w)."""
+    t = tuple(int(a) for a in (v if isinstance(v, Sequence) else (v, v, v)))
+    if len(t) != 3:
+        raise ValueError(f"expected 3 values (t, h, w), got {v!r}")
+    return t
+
+
+class PatchEmbed3d(nn.Module):
+    """Conv3d patches: (B, C_in, T, H, W) -> tokens (B, T'*H'*W', C) in (t, h, w) order, grid (T', H', W').
+
+    kernel, stride (default: the kernel), padding: MViT's overlapping stem (3x7x7, stride 2x4x4, padding
+    1x3x3); non-overlapping patches (ViT's 2x16x16 tubelets, Swin's 2x4x4) have stride = kernel.
+    pad_to_patches: zero-pad the end of a clip the strides do not tile (Swin, as the official code).
+    norm: LayerNorm over each token's channels (Swin), epsilon `eps`.
+    channels_last: run the conv channels-last (MViT): its output is then token-major already, so the
+        flattening is a view instead of a copy (and oneDNN's conv is faster so).
+    State dict: `proj.*` (and `norm.*`), the keys of the official checkpoints.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, kernel, stride=None, padding=0, *, pad_to_patches: bool = False,
+                 norm: bool = False, eps: float = 1e-5, channels_last: bool = False):
+        super().__init__()
+        kernel = triple(kernel)
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel, triple(stride if stride is not None else kernel),
+                              triple(padding))
+        self.norm = nn.LayerNorm(embed_dim, eps=eps) if norm else None
+        self.pad_to_patches = pad_to_patches
+        self.channels_last = channels_last
+
+    def grid(self, t: int, h: int, w: int) -> Thw:
+        """The token grid of a T x H x W clip."""
+        c = self.proj
+        sizes = (t, h, w)
+        if self.pad_to_patches:
+            sizes = tuple(n + (-n % s) for n, s in zip(sizes, c.stride))
+        return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(sizes, c.kernel_size, c.stride, c.padding))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Thw]:
+        if self.pad_to_patches:
+            _, _, T, H, W = x.shape
+            pt, ph, pw = self.proj.stride
+            if T % pt or H % ph or W % pw:
+                x = F.pad(x, (0, -W % pw, 0, -H % ph, 0, -T % pt))  # zeros at the end of T, H, W
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = self.proj(x)  # (B, C, T', H', W')
+        thw = tuple(x.shape[2:])
+        x = x.flatten(2).transpose(1, 2)  # (B, C, T'*H'*W') -> (B, T'*H'*W', C)
+        return (self.norm(x) if self.norm is not None else x), thw
 
 
 class Mlp(nn.Module):
@@ -63,50 +118,3 @@ def init_weights_trunc_normal(module: nn.Module, std: float = 0.02) -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-
-
-class VideoClassifier(nn.Module):
-    """The interface every stts backbone shares (timm's): `forward_features` -> `forward_head`.
-
-    Subclasses define `forward_features(x, return_selections=False)` and `forward_head(x, pre_logits)`,
-    and keep their classifier in `self.head` over `self.num_features` channels.
-    """
-
-    def forward(self, x: Tensor, return_selections: bool = False):
-        """(B, C_in, T, H, W) -> logits (B, num_classes) [, {selector name: Selection}]."""
-        if return_selections:
-            x, record = self.forward_features(x, return_selections=True)
-            return self.forward_head(x), record
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    selection_place = "block"  # what a plan's index counts ("T0": before block 0; Swin: stage)
-
-    def check_selection(self, spec) -> None:
-        """Raise ValueError if `spec` (a PlanSpec) cannot run at the default input size: no such place
-        (`selection_dim`), more frames or tokens kept than there are, an anchor larger than the map, or
-        what the backbone's own `check_anchor` forbids. The message names the map it would see."""
-        self.selection_dim(spec.before)
-        T, H, W = self.grid_before(spec.before)
-        where = (f"before {self.selection_place} {spec.before} of {type(self).__name__} the map is {T}x{H}x{W} "
-                 f"(T x H x W) for the default {self.input_size[1]}x{self.input_size[2]}x{self.input_size[3]} input")
-        if spec.kind == "T":
-            k = spec.keep if spec.keep is not None else int(T * spec.ratio + 1e-6)
-            if not 1 <= k <= T:
-                raise ValueError(f"{spec} keeps {k} frames: {where}")
-        elif spec.kind == "S":
-            # The same rule as AnchorSelector: a = floor(sqrt(int(H*W*ratio))), unless given.
-            a = spec.anchor_size if spec.anchor_size is not None else math.isqrt(int(H * W * spec.ratio + 1e-6))
-            if not 1 <= a <= min(H, W):
-                raise ValueError(f"{spec} asks for a {a}x{a} anchor: {where}")
-            self.check_anchor(spec, a, (T, H, W), where)
-        elif spec.kind == "K":
-            k = spec.keep if spec.keep is not None else int(T * H * W * spec.ratio + 1e-6)
-            if not 1 <= k <= T * H * W:
-                raise ValueError(f"{spec} keeps {k} tokens: {where}")
-
-    def check_anchor(self, spec, a: int, thw: tuple[int, int, int], where: str) -> None:
-        """Backbone-specific limits on an a x a anchor (Swin: the window partition); none by default."""

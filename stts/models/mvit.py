@@ -39,10 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stts.models._registry import register_model
-from stts.models.layers import DropPath, Mlp, VideoClassifier, init_weights_trunc_normal
+from stts.models._registry import register_family, register_model
+from stts.models.base import VideoClassifier
+from stts.models.layers import DropPath, Mlp, PatchEmbed3d, init_weights_trunc_normal
+from stts.models.layers import triple as _triple
+from stts.models.pyslowfast import model_from_official
 from stts.models.zoo import ZOO
-from stts.patch import run_selectors
+from stts.plan import parse_plan
 
 __all__ = [
     "MViT",
@@ -51,17 +54,9 @@ __all__ = [
     "TokenPool",
     "mvit_block_configs",
     "checkpoint_filter_fn",
-    "model_from_official",
 ]
 
 Thw = tuple[int, int, int]
-
-
-def _triple(v) -> tuple[int, int, int]:
-    t = tuple(int(a) for a in (v if isinstance(v, Sequence) else (v, v, v)))
-    if len(t) != 3:
-        raise ValueError(f"expected 3 values (t, h, w), got {v!r}")
-    return t
 
 
 def _pool_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -293,24 +288,6 @@ def mvit_block_configs(depth: int, embed_dim: int, num_heads: int, dim_mul, head
 # ---------------------------------------------------------------------------------------------------
 
 
-class PatchEmbed3d(nn.Module):
-    """Conv3d patches: (B, C_in, T, H, W) -> tokens (B, T'*H'*W', C) in (t, h, w) order, grid (T', H', W')."""
-
-    def __init__(self, in_chans: int, embed_dim: int, kernel, stride, padding):
-        super().__init__()
-        self.proj = nn.Conv3d(in_chans, embed_dim, _triple(kernel), _triple(stride), _triple(padding))
-
-    def grid(self, t: int, h: int, w: int) -> Thw:
-        c = self.proj
-        return tuple(_pool_out(n, k, s, p) for n, k, s, p in zip((t, h, w), c.kernel_size, c.stride, c.padding))
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Thw]:
-        # Channels-last in, channels-last out: the flattened tokens are then a free view.
-        x = self.proj(x.contiguous(memory_format=torch.channels_last_3d))  # (B, C, T', H', W')
-        thw = tuple(x.shape[2:])
-        return x.flatten(2).transpose(1, 2), thw  # (B, C, T'*H'*W') -> (B, T'*H'*W', C)
-
-
 class MViT(VideoClassifier):
     """MViT v1 video classifier with STTS selection points before every block.
 
@@ -370,7 +347,9 @@ class MViT(VideoClassifier):
         self.num_prefix_tokens = 1 if class_token else 0
         self.sep_pos_embed = sep_pos_embed
 
-        self.patch_embed = PatchEmbed3d(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding)
+        # Channels-last stem: its output is token-major, so the flattened tokens are a free view.
+        self.patch_embed = PatchEmbed3d(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding,
+                                        channels_last=True)
         self.patch_grid: Thw = self.patch_embed.grid(num_frames, h, w)
         T, H, W = self.patch_grid
         if min(self.patch_grid) < 1:
@@ -410,38 +389,22 @@ class MViT(VideoClassifier):
             return [self.pos_embed_spatial, self.pos_embed_temporal, self.pos_embed_class]
         return [self.pos_embed]
 
-    # -- selection protocol (stts.patch) -----------------------------------------------------------
+    # -- the pieces of VideoClassifier's forward and selection surface -----------------------------
 
-    def selection_dim(self, index: int) -> int:
-        """Channels of the tokens entering block `index`."""
-        if not isinstance(index, int) or not 0 <= index < len(self.blocks):
-            raise ValueError(f"block index {index} does not exist; {type(self).__name__} has blocks "
-                             f"0..{len(self.blocks) - 1}")
-        return self.block_configs[index]["dim"]
+    def _places(self) -> nn.ModuleList:
+        return self.blocks
 
-    def grid_before(self, index: int, input_size: tuple | None = None, *, with_selectors: bool = True) -> Thw:
-        """Token grid (T, H, W) entering block `index` (before its own selectors) for an input (C, T, H, W)
-        (default: `input_size`), after the selectors of earlier blocks unless `with_selectors=False`.
-        MViT-B at 16x224: 8 frames; 56x56 before blocks 0-1, 28x28 before 2-3, 14x14 before 4-14, 7x7 before 15."""
-        _, t, h, w = input_size or self.input_size
-        thw = self.patch_embed.grid(t, h, w)
-        for i in range(index):
-            if with_selectors:
-                thw = self._selected_grid(i, thw)
-            pool = self.blocks[i].attn.pool_q
-            thw = pool.out_thw(thw) if pool is not None else thw
-        return thw
+    def _place_dims(self) -> list[int]:
+        return [cfg["dim"] for cfg in self.block_configs]
 
-    def _selected_grid(self, index: int, thw: Thw) -> Thw:
-        T, H, W = thw
-        for sel in self.selectors.values():
-            if sel.before != index:
-                continue
-            if sel.kind == "temporal":
-                T = sel.keep if sel.keep is not None else int(T * sel.ratio + 1e-6)
-            elif sel.kind == "anchor":
-                H = W = sel.geometry(H, W)[0]
-        return T, H, W
+    def _grid_after_place(self, index: int, thw: Thw) -> Thw:
+        """Block `index` pools the grid where its q is strided. MViT-B at 16x224: 8 frames; 56x56 before
+        blocks 0-1, 28x28 before 2-3, 14x14 before 4-14, 7x7 before 15."""
+        pool = self.blocks[index].attn.pool_q
+        return pool.out_thw(thw) if pool is not None else thw
+
+    def _run_place(self, index: int, x: Tensor, thw: Thw) -> tuple[Tensor, Thw]:
+        return self.blocks[index](x, thw)
 
     # -- forward -----------------------------------------------------------------------------------
 
@@ -467,19 +430,9 @@ class MViT(VideoClassifier):
             x = torch.cat([(self.cls_token + cls_pos).expand(B, -1, -1), x], dim=1)  # (B, 1 + N, C)
         return x
 
-    def forward_features(self, x: Tensor, return_selections: bool = False):
-        """(B, C_in, T, H, W) -> normalised tokens (B, P + T'*H'*W', C) [, {name: Selection}]."""
-        if x.dim() != 5:
-            raise ValueError(f"expected a (B, C, T, H, W) clip, got shape {tuple(x.shape)}")
-        x, thw = self.patch_embed(x)
-        x = self._pos_embed(x, thw)
-        record = {} if return_selections else None
-        for i, block in enumerate(self.blocks):
-            if len(self.selectors):
-                x, thw = run_selectors(self.selectors, i, x, thw, record)
-            x, thw = block(x, thw)
-        x = self.norm(x)
-        return (x, record) if return_selections else x
+    def _embed(self, x: Tensor) -> tuple[Tensor, Thw]:
+        x, thw = self.patch_embed(x)  # (B, T*H*W, C)
+        return self._pos_embed(x, thw), thw  # (B, P + T*H*W, C)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Tokens (B, N, C) -> logits (B, num_classes), or the pooled feature (B, C) if pre_logits."""
@@ -521,6 +474,7 @@ def _resize_joint_pos_embed(pos: Tensor, num_prefix: int, src: Thw, dst: Thw) ->
 # ---------------------------------------------------------------------------------------------------
 
 _SCORER_PARTS = {"in_conv": "embed", "out_conv": "head"}
+_OFFICIAL_SCORERS = {"time_score_predictor": "T", "space_score_predictor": "S"}  # official ModuleList -> kind
 
 
 def checkpoint_filter_fn(state_dict: dict, model: MViT) -> dict:
@@ -532,10 +486,8 @@ def checkpoint_filter_fn(state_dict: dict, model: MViT) -> dict:
     with no matching selector keep their official name, so a strict load reports them. Position
     embeddings of another grid are resampled to the model's.
     """
-    by_kind = {
-        "time_score_predictor": sorted((s.before, n) for n, s in model.selectors.items() if s.kind == "temporal"),
-        "space_score_predictor": sorted((s.before, n) for n, s in model.selectors.items() if s.kind == "anchor"),
-    }
+    by_kind = {official: sorted((s.before, n) for n, s in model.selectors.items() if s.spec.kind == letter)
+               for official, letter in _OFFICIAL_SCORERS.items()}
     out = {}
     for key, value in state_dict.items():
         new = key
@@ -565,131 +517,6 @@ def _resize_checkpoint_pos_embed(sd: dict, model: MViT) -> dict:
     return sd
 
 
-def _cfg_get(cfg: dict, path: str, default=None):
-    node = cfg
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def _official_cfg(ckpt: dict) -> dict | None:
-    """The PySlowFast config stored in a checkpoint (YAML text under "cfg"), as a dict; None if absent."""
-    cfg = ckpt.get("cfg")
-    if cfg is None:
-        return None
-    if isinstance(cfg, str):
-        import yaml
-
-        try:
-            cfg = yaml.load(cfg, Loader=_yacs_loader())  # noqa: S506 - a SafeLoader, see _yacs_loader
-        except yaml.YAMLError as e:
-            raise ValueError(f"the PySlowFast config under 'cfg' is not YAML a safe loader reads: "
-                             f"{str(e).splitlines()[0]}") from None
-    return cfg if isinstance(cfg, dict) else dict(cfg) if hasattr(cfg, "items") else None
-
-
-def _yacs_loader():
-    """yaml's SafeLoader plus the one tag yacs writes for tuples (`!!python/tuple`): builds plain data
-    only, never a Python object named by the file (as yaml's FullLoader could)."""
-    import yaml
-
-    class YacsLoader(yaml.SafeLoader):
-        pass
-
-    YacsLoader.add_constructor("tag:yaml.org,2002:python/tuple",
-                               lambda loader, node: tuple(loader.construct_sequence(node)))
-    return YacsLoader
-
-
-def model_kwargs_from_official(cfg: dict) -> dict:
-    """MViT keyword arguments from a PySlowFast config dict (MVIT.*, DATA.*, MODEL.*)."""
-    mv = cfg.get("MVIT", {})
-    unsupported = [k for k in ("REL_POS_SPATIAL", "REL_POS_TEMPORAL", "RESIDUAL_POOLING", "DIM_MUL_IN_ATT")
-                   if mv.get(k)]
-    if unsupported:
-        raise ValueError(f"this checkpoint is an MViT v2 (MVIT.{', MVIT.'.join(unsupported)} set); "
-                         "stts implements MViT v1")
-    if mv.get("POOL_FIRST"):
-        raise ValueError("MVIT.POOL_FIRST=True (pool before the q/k/v projections) is not supported")
-    if mv.get("NORM_STEM"):
-        raise ValueError("MVIT.NORM_STEM=True is not supported")
-    if mv.get("PATCH_2D"):
-        raise ValueError("MVIT.PATCH_2D=True is not supported")
-    kwargs = dict(
-        num_frames=int(_cfg_get(cfg, "DATA.NUM_FRAMES", 16)),
-        img_size=int(_cfg_get(cfg, "DATA.TRAIN_CROP_SIZE", 224)),
-        in_chans=int((_cfg_get(cfg, "DATA.INPUT_CHANNEL_NUM", [3]) or [3])[0]),
-        num_classes=int(_cfg_get(cfg, "MODEL.NUM_CLASSES", 400)),
-        head_drop=float(_cfg_get(cfg, "MODEL.DROPOUT_RATE", 0.5)),
-        embed_dim=int(mv.get("EMBED_DIM", 96)),
-        depth=int(mv.get("DEPTH", 16)),
-        num_heads=int(mv.get("NUM_HEADS", 1)),
-        mlp_ratio=float(mv.get("MLP_RATIO", 4.0)),
-        qkv_bias=bool(mv.get("QKV_BIAS", True)),
-        drop_path_rate=float(mv.get("DROPPATH_RATE", 0.1)),
-        dim_mul=[list(e) for e in mv.get("DIM_MUL", [])],
-        head_mul=[list(e) for e in mv.get("HEAD_MUL", [])],
-        pool_q_stride=[list(e) for e in mv.get("POOL_Q_STRIDE", [])],
-        pool_kv_stride_adaptive=(list(mv["POOL_KV_STRIDE_ADAPTIVE"])
-                                 if mv.get("POOL_KV_STRIDE_ADAPTIVE") is not None else None),
-        pool_kv_stride=[list(e) for e in mv.get("POOL_KV_STRIDE", [])] or None,
-        pool_kernel=list(mv["POOL_KVQ_KERNEL"]) if mv.get("POOL_KVQ_KERNEL") is not None else None,
-        pool_mode=str(mv.get("MODE", "conv")),
-        patch_kernel=list(mv.get("PATCH_KERNEL", [3, 7, 7])),
-        patch_stride=list(mv.get("PATCH_STRIDE", [2, 4, 4])),
-        patch_padding=list(mv.get("PATCH_PADDING", [2, 4, 4])),
-        sep_pos_embed=bool(mv.get("SEP_POS_EMBED", False)),
-        class_token=bool(mv.get("CLS_EMBED_ON", True)),
-    )
-    return kwargs
-
-
-def plan_from_official(cfg: dict):
-    """The STTS selection plan of a PySlowFast config (MVIT.TIME/SPACE_PRUNING_LOC, TIME/SPACE_LEFT_RATIO,
-    SIGMA), or None for a dense model. The authors' estimator is the diagonal one, so it is kept."""
-    from stts.plan import parse_plan
-
-    mv = cfg.get("MVIT", {})
-    parts = []
-    for kind, loc_key, ratio_key in (("T", "TIME_PRUNING_LOC", "TIME_LEFT_RATIO"),
-                                     ("S", "SPACE_PRUNING_LOC", "SPACE_LEFT_RATIO")):
-        locs = mv.get(loc_key)
-        if not locs:
-            continue
-        ratios = list(mv.get(ratio_key) or [])
-        if len(ratios) < len(locs):
-            raise ValueError(f"MVIT.{loc_key}={locs} needs as many MVIT.{ratio_key} values, got {ratios}")
-        parts += [f"{kind}{int(loc)}_{float(r)!r}" for loc, r in zip(locs, ratios)]
-    if not parts:
-        return None
-    return parse_plan("-".join(parts), sigma=float(mv.get("SIGMA", 0.1)), jacobian="diagonal")
-
-
-def _is_mvit_checkpoint(ckpt: dict, cfg: dict | None) -> bool:
-    if cfg is not None:
-        model = cfg.get("MODEL", {}) or {}
-        return str(model.get("ARCH", "")).lower() == "mvit" or str(model.get("MODEL_NAME", "")) == "MViT"
-    return False
-
-
-def model_from_official(ckpt: dict, **overrides) -> MViT | None:
-    """Build the MViT a PySlowFast/STTS checkpoint describes (its YAML `cfg`); None if it is not one.
-
-    `overrides` replace keyword arguments (e.g. num_classes=174, with strict=False loading).
-    """
-    from stts.models._registry import create_model
-
-    cfg = _official_cfg(ckpt)
-    if not _is_mvit_checkpoint(ckpt, cfg):
-        return None
-    kwargs = {**model_kwargs_from_official(cfg), **overrides}
-    plan = plan_from_official(cfg)
-    name = "mvit_b_32x3" if kwargs["num_frames"] == 32 else "mvit_b_16x4"
-    return create_model(name, selection=plan, **kwargs)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Builders and registered variants
 # ---------------------------------------------------------------------------------------------------
@@ -702,10 +529,12 @@ _MVIT_B = dict(embed_dim=96, depth=16, num_heads=1, dim_mul=((1, 2.0), (3, 2.0),
                head_drop=0.5)
 
 # The published STTS models were trained with sigma 0.1 (MViT) and the authors' diagonal estimator;
-# the registered variants keep both so that fine-tuning them reproduces the paper. stts's default for
-# new plans is the full (unbiased) estimator: pass selection=... to a dense name, or set
-# `sel.jacobian = "full"` on model.selectors.
+# the registered variants' plans keep both so that fine-tuning them reproduces the paper. stts's
+# default for new plans is the full (unbiased) estimator: pass selection=plan.with_settings(...) (or
+# set model.jacobian in a run config).
 STTS_MVIT_SETTINGS = dict(num_samples=500, sigma=0.1, jacobian="diagonal")
+
+register_family(MViT, checkpoint_filter=checkpoint_filter_fn, official_reader=model_from_official)
 
 
 def _create_mvit(defaults: dict, kwargs: dict) -> MViT:
@@ -746,7 +575,7 @@ def mvit_tiny(**kwargs) -> MViT:
 
 
 def _stts(name: str):
-    return dict(plan=ZOO[name].plan, plan_settings=STTS_MVIT_SETTINGS, meta=_zoo_meta(name))
+    return dict(plan=parse_plan(ZOO[name].plan, **STTS_MVIT_SETTINGS), meta=_zoo_meta(name))
 
 
 @register_model("mvit_b_16x4_stts_t0.9_s0.9", **_stts("mvit_b_16x4_stts_t0.9_s0.9"))

@@ -57,10 +57,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stts.models._registry import register_model
-from stts.models.layers import DropPath, Mlp, VideoClassifier, init_weights_trunc_normal
+from stts.models._registry import register_family, register_model
+from stts.models.base import VideoClassifier
+from stts.models.layers import DropPath, Mlp, PatchEmbed3d, init_weights_trunc_normal
 from stts.models.zoo import ZOO
 from stts.patch import run_selectors
+from stts.plan import parse_plan
 
 __all__ = [
     "SwinTransformer3d",
@@ -374,28 +376,6 @@ class SwinStage3d(nn.Module):
         return self.downsample(x) if self.downsample is not None else x
 
 
-class PatchEmbed3d(nn.Module):
-    """Non-overlapping 3D patches + LayerNorm: (B, C_in, T, H, W) -> (B, T', H', W', C)."""
-
-    def __init__(self, patch_size: Thw = (2, 4, 4), in_chans: int = 3, embed_dim: int = 96, norm: bool = True,
-                 eps: float = 1e-5):
-        super().__init__()
-        self.patch_size = tuple(patch_size)
-        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim, eps=eps) if norm else None
-
-    def grid(self, t: int, h: int, w: int) -> Thw:
-        return tuple(math.ceil(s / p) for s, p in zip((t, h, w), self.patch_size))
-
-    def forward(self, x: Tensor) -> Tensor:
-        _, _, T, H, W = x.shape
-        pt, ph, pw = self.patch_size
-        if T % pt or H % ph or W % pw:  # the official code pads a clip that the patches do not tile
-            x = F.pad(x, (0, -W % pw, 0, -H % ph, 0, -T % pt))
-        x = self.proj(x).permute(0, 2, 3, 4, 1)  # (B, C, T', H', W') -> (B, T', H', W', C)
-        return self.norm(x) if self.norm is not None else x
-
-
 # ---------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------
@@ -421,6 +401,8 @@ class SwinTransformer3d(VideoClassifier):
         temporal_window: "pad" (official: pad T to a multiple of the window) or "fit" (window-aware:
             shrink the temporal window so that T splits into equal windows; see the module docstring).
     """
+
+    selection_kinds = "TS"
 
     def __init__(
         self,
@@ -454,7 +436,8 @@ class SwinTransformer3d(VideoClassifier):
         self.faithful = faithful
         self.temporal_window = temporal_window
         self.input_size = (in_chans, num_frames, img_size, img_size)  # default input, without batch
-        self.patch_embed = PatchEmbed3d(patch_size, in_chans, embed_dim, eps=eps)
+        # Non-overlapping patches + LayerNorm; a clip the patches do not tile is zero-padded (official).
+        self.patch_embed = PatchEmbed3d(in_chans, embed_dim, patch_size, pad_to_patches=True, norm=True, eps=eps)
         self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         n = sum(depths)
         dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # stochastic depth grows linearly
@@ -470,7 +453,6 @@ class SwinTransformer3d(VideoClassifier):
         self.head_drop = nn.Dropout(head_drop) if head_drop > 0 else nn.Identity()
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.selectors = nn.ModuleDict()  # filled by stts.patch
-        self.selection_kinds = "TS"
         self._init_weights()
 
     @torch.no_grad()
@@ -493,34 +475,37 @@ class SwinTransformer3d(VideoClassifier):
             self.model_kwargs.update({k: v for k, v in (("faithful", faithful), ("temporal_window", temporal_window))
                                       if v is not None})
 
-    # -- selection protocol (stts.patch) -----------------------------------------------------------
+    # -- the pieces of VideoClassifier's forward and selection surface -----------------------------
+    # The map stays channels-last (B, T, H, W, C) from the stem to the head; selectors see it flattened.
 
-    def selection_dim(self, index: int) -> int:
-        """Channels of the tokens entering stage `index`."""
-        if not isinstance(index, int) or not 0 <= index < len(self.layers):
-            raise ValueError(f"stage index {index} does not exist; {type(self).__name__} has stages "
-                             f"0..{len(self.layers) - 1}")
-        return self.stage_dims[index]
+    selection_place = "stage"
 
-    def grid_before(self, index: int, input_size: tuple | None = None) -> Thw:
-        """Token grid (T, H, W) entering stage `index` for an input (C, T, H, W) (default `input_size`),
-        after the selectors already placed before earlier stages."""
-        _, t, h, w = input_size or self.input_size
-        T, H, W = self.patch_embed.grid(t, h, w)
-        for i in range(index):
-            T, H, W = self._selected_grid(i, (T, H, W))
-            H, W = math.ceil(H / 2), math.ceil(W / 2)  # patch merging
-        return T, H, W
+    def _places(self) -> nn.ModuleList:
+        return self.layers
 
-    def _selected_grid(self, index: int, thw: Thw) -> Thw:
+    def _place_dims(self) -> list[int]:
+        return list(self.stage_dims)
+
+    def _grid_after_place(self, index: int, thw: Thw) -> Thw:
         T, H, W = thw
-        for sel in self.selectors.values():
-            if sel.before == index:
-                if sel.kind == "temporal":
-                    T = sel.keep if sel.keep is not None else int(T * sel.ratio + 1e-6)
-                elif sel.kind == "anchor":
-                    H = W = sel.geometry(H, W)[0]
-        return T, H, W
+        if self.layers[index].downsample is None:
+            return thw
+        return T, math.ceil(H / 2), math.ceil(W / 2)  # patch merging
+
+    def _embed(self, x: Tensor) -> tuple[Tensor, Thw]:
+        tokens, (T, H, W) = self.patch_embed(x)  # (B, T*H*W, C)
+        return self.pos_drop(tokens.view(x.shape[0], T, H, W, -1)), (T, H, W)  # (B, T, H, W, C)
+
+    def _run_place(self, index: int, x: Tensor, thw: Thw) -> tuple[Tensor, Thw]:
+        x = self.layers[index](x)
+        return x, tuple(x.shape[1:4])
+
+    def _select(self, index: int, x: Tensor, thw: Thw, record: dict | None, seeds: Tensor | None):
+        """Run the selectors before stage `index` on the channels-last map, flattened for them."""
+        B, T, H, W, C = x.shape
+        tokens, (T, H, W) = run_selectors(self.selectors, index, x.reshape(B, T * H * W, C), (T, H, W), record,
+                                          seeds)
+        return tokens.reshape(B, T, H, W, C), (T, H, W)  # (B, T*H*W, C) -> (B, T, H, W, C)
 
     def valid_anchor_sizes(self, index: int) -> list[int]:
         """Anchor sizes a before stage `index` (default input) that keep every later stage's windows
@@ -537,8 +522,6 @@ class SwinTransformer3d(VideoClassifier):
                 sizes.append(a)
         return sizes
 
-    selection_place = "stage"
-
     def check_anchor(self, spec, a: int, thw: tuple[int, int, int], where: str) -> None:
         """Anchors must keep the window partition valid at every later stage (`valid_anchor_sizes`): at
         224 (56x56 before stage 0, 28, 14, 7 before stages 1-3) that is a <= 7 or a in {14, 28, 56} before
@@ -551,28 +534,6 @@ class SwinTransformer3d(VideoClassifier):
             raise ValueError(f"{spec} gives a {a}x{a} anchor, which breaks the {self.window_size[1]}x"
                              f"{self.window_size[2]} window partition of later stages: {where}; valid anchor "
                              f"sizes there: {valid} (give one as S{spec.before}_a<size>)")
-
-    # -- forward -----------------------------------------------------------------------------------
-
-    def _select(self, index: int, x: Tensor, record: dict | None) -> Tensor:
-        """Run the selectors before stage `index` on the channels-last map."""
-        B, T, H, W, C = x.shape
-        tokens, (T, H, W) = run_selectors(self.selectors, index, x.reshape(B, T * H * W, C), (T, H, W), record)
-        return tokens.reshape(B, T, H, W, C)  # (B, T*H*W, C) -> (B, T, H, W, C)
-
-    def forward_features(self, x: Tensor, return_selections: bool = False):
-        """(B, C_in, T, H, W) -> normalised map (B, T', H', W', C) [, {name: Selection}]."""
-        if x.dim() != 5:
-            raise ValueError(f"expected a (B, C, T, H, W) clip, got shape {tuple(x.shape)}")
-        x = self.pos_drop(self.patch_embed(x))  # (B, T, H, W, C)
-        record = {} if return_selections else None
-        places = {sel.before for sel in self.selectors.values()}
-        for i, stage in enumerate(self.layers):
-            if i in places:
-                x = self._select(i, x, record)
-            x = stage(x)
-        x = self.norm(x)
-        return (x, record) if return_selections else x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Map (B, T, H, W, C) -> logits (B, num_classes), or the pooled feature (B, C) if pre_logits."""
@@ -637,6 +598,8 @@ _SWIN_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), dr
 # default (the paper gives 0.1 for MViT only).
 STTS_SWIN_SETTINGS = dict(num_samples=500, sigma=0.05, jacobian="diagonal")
 
+register_family(SwinTransformer3d, checkpoint_filter=checkpoint_filter_fn)
+
 
 def _create_swin3d(defaults: dict, kwargs: dict) -> SwinTransformer3d:
     return SwinTransformer3d(**{**defaults, **kwargs})
@@ -650,7 +613,7 @@ def _zoo_meta(name: str) -> dict:
 
 
 def _stts(name: str) -> dict:
-    return dict(plan=ZOO[name].plan, plan_settings=STTS_SWIN_SETTINGS, meta=_zoo_meta(name))
+    return dict(plan=parse_plan(ZOO[name].plan, **STTS_SWIN_SETTINGS), meta=_zoo_meta(name))
 
 
 @register_model(meta=_zoo_meta("swin3d_t"))

@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stts.models._registry import register_model
-from stts.models.layers import DropPath, Mlp, VideoClassifier, init_weights_trunc_normal
-from stts.patch import run_selectors
+from stts.models._registry import register_family, register_model
+from stts.models.base import VideoClassifier
+from stts.models.layers import DropPath, Mlp, PatchEmbed3d, init_weights_trunc_normal
 
-__all__ = ["VisionTransformer3d", "Attention", "Block", "TubeletEmbed", "sincos_table", "checkpoint_filter_fn"]
+__all__ = ["VisionTransformer3d", "Attention", "Block", "sincos_table", "checkpoint_filter_fn"]
 
 Thw = tuple[int, int, int]
 
@@ -66,23 +66,6 @@ def _sincos_cpu(n: int, dim: int) -> Tensor:
 def sincos_table(n: int, dim: int) -> Tensor:
     """VideoMAE's fixed position table over n flattened positions: (1, n, dim), interleaved sin/cos."""
     return _sincos_cpu(int(n), int(dim)).clone()
-
-
-class TubeletEmbed(nn.Module):
-    """Non-overlapping tubelets: (B, C_in, T, H, W) -> tokens (B, T'*H'*W', C), grid (T', H', W')."""
-
-    def __init__(self, patch_size: int = 16, tubelet_size: int = 2, in_chans: int = 3, embed_dim: int = 768):
-        super().__init__()
-        self.patch_size = (tubelet_size, patch_size, patch_size)
-        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
-
-    def grid(self, t: int, h: int, w: int) -> Thw:
-        return t // self.patch_size[0], h // self.patch_size[1], w // self.patch_size[2]
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Thw]:
-        x = self.proj(x)  # (B, C, T', H', W')
-        thw = tuple(x.shape[2:])
-        return x.flatten(2).transpose(1, 2), thw  # (B, C, T'*H'*W') -> (B, N, C)
 
 
 class Attention(nn.Module):
@@ -131,7 +114,8 @@ class Block(nn.Module):
 
 
 class VisionTransformer3d(VideoClassifier):
-    """Video ViT with joint space-time attention and optional STTS selectors before its blocks.
+    """Video ViT with joint space-time attention and optional STTS selectors before its blocks
+    (temporal, anchor and token-level: its blocks need no grid).
 
     Args:
         num_classes: classifier outputs (0: no head).
@@ -147,6 +131,8 @@ class VisionTransformer3d(VideoClassifier):
         eps, fc_norm_eps: LayerNorm epsilons of the blocks and final norm, and of fc_norm (default eps).
             VideoMAE: 1e-6 everywhere; Hugging Face VideoMAE: 1e-12 in the blocks, 1e-5 in fc_norm.
     """
+
+    selection_kinds = "TSK"
 
     def __init__(
         self,
@@ -182,7 +168,7 @@ class VisionTransformer3d(VideoClassifier):
         self.global_pool = global_pool
         self.pos_embed_type = pos_embed
         self.input_size = (in_chans, num_frames, img_size, img_size)  # default input, without batch
-        self.patch_embed = TubeletEmbed(patch_size, tubelet_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed3d(in_chans, embed_dim, (tubelet_size, patch_size, patch_size))  # tubelets
         self.patch_grid = self.patch_embed.grid(num_frames, img_size, img_size)
         self.num_prefix_tokens = 1 if class_token else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
@@ -203,7 +189,6 @@ class VisionTransformer3d(VideoClassifier):
         self.head_drop = nn.Dropout(head_drop) if head_drop > 0 else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.selectors = nn.ModuleDict()  # filled by stts.patch
-        self.selection_kinds = "TSK"
         self._init_weights()
 
     @torch.no_grad()
@@ -214,30 +199,16 @@ class VisionTransformer3d(VideoClassifier):
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
 
-    # -- selection protocol (stts.patch) -----------------------------------------------------------
+    # -- the pieces of VideoClassifier's forward and selection surface -----------------------------
 
-    def selection_dim(self, index: int) -> int:
-        """Channels of the tokens entering block `index` (embed_dim for every block)."""
-        if not isinstance(index, int) or not 0 <= index < len(self.blocks):
-            raise ValueError(f"block index {index} does not exist; {type(self).__name__} has blocks "
-                             f"0..{len(self.blocks) - 1}")
-        return self.embed_dim
+    def _places(self) -> nn.ModuleList:
+        return self.blocks
 
-    def grid_before(self, index: int) -> Thw:
-        """Token grid entering block `index` for the default input, after earlier selectors
-        ((1, 1, K) once token-level selection has run)."""
-        T, H, W = self.patch_grid
-        for sel in self.selectors.values():
-            if sel.before >= index:
-                continue
-            if sel.kind == "temporal":
-                T = sel.keep if sel.keep is not None else int(T * sel.ratio + 1e-6)
-            elif sel.kind == "anchor":
-                H = W = sel.geometry(H, W)[0]
-            elif sel.kind == "token":
-                n = T * H * W
-                T, H, W = 1, 1, sel.keep if sel.keep is not None else int(n * sel.ratio + 1e-6)
-        return T, H, W
+    def _place_dims(self) -> list[int]:
+        return [self.embed_dim] * len(self.blocks)
+
+    def _run_place(self, index: int, x: Tensor, thw: Thw) -> tuple[Tensor, Thw]:
+        return self.blocks[index](x), thw  # tokens carry their positions: no grid needed
 
     # -- forward -----------------------------------------------------------------------------------
 
@@ -261,20 +232,9 @@ class VisionTransformer3d(VideoClassifier):
             x = torch.cat([cls.expand(B, -1, -1), x], dim=1)  # (B, 1 + N, C)
         return x
 
-    def forward_features(self, x: Tensor, return_selections: bool = False):
-        """(B, C_in, T, H, W) -> tokens (B, P + N', C) after the final norm [, {name: Selection}]."""
-        if x.dim() != 5:
-            raise ValueError(f"expected a (B, C, T, H, W) clip, got shape {tuple(x.shape)}")
-        x, thw = self.patch_embed(x)
-        x = self.pos_drop(self._pos_embed(x, thw))
-        record = {} if return_selections else None
-        places = {sel.before for sel in self.selectors.values()}
-        for i, block in enumerate(self.blocks):
-            if i in places:
-                x, thw = run_selectors(self.selectors, i, x, thw, record)
-            x = block(x)
-        x = self.norm(x)
-        return (x, record) if return_selections else x
+    def _embed(self, x: Tensor) -> tuple[Tensor, Thw]:
+        x, thw = self.patch_embed(x)  # (B, T*H*W, C)
+        return self.pos_drop(self._pos_embed(x, thw)), thw  # (B, P + T*H*W, C)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Tokens (B, P + N, C) -> logits (B, num_classes), or the pooled feature (B, C) if pre_logits."""
@@ -354,3 +314,6 @@ def vit_b_16x16(**kwargs) -> VisionTransformer3d:
 def vit_s_16x16(**kwargs) -> VisionTransformer3d:
     """ViT-S, 16 frames at 224 (8x14x14 tokens), VideoMAE fine-tuning layout."""
     return _create_vit(dict(_VIT_16x16, embed_dim=384, depth=12, num_heads=6), kwargs)
+
+
+register_family(VisionTransformer3d, checkpoint_filter=checkpoint_filter_fn)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ZooEntry", "ZOO", "zoo_entry"]
+__all__ = ["ZooEntry", "ZOO"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,3 @@ _ROWS = [
 
 ZOO: dict[str, ZooEntry] = {row.name: row for row in _ROWS}
 
-
-def zoo_entry(name: str) -> ZooEntry:
-    if name not in ZOO:
-        raise KeyError(f"{name!r} is not a published model; published: {', '.join(ZOO)}")
-    return ZOO[name]
