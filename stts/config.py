@@ -241,7 +241,9 @@ def validate(cfg: RunConfig, sources: dict | None = None, *, check_paths: bool =
           f"expected '' or one of {', '.join(VARIANCE_REDUCTIONS)}")
     check("model.variance_reduction", "loo" not in m.variance_reduction or m.num_samples >= 2,
           f"a leave-one-out baseline needs model.num_samples >= 2, got {m.num_samples}")
-    check("model.policy", m.policy in ("learned", "uniform", "random"), "expected learned, uniform or random")
+    from stts.selectors import POLICIES
+
+    check("model.policy", m.policy in POLICIES, f"expected one of {', '.join(POLICIES)}")
     check("model.policy", m.policy == "learned" or bool(m.selection),
           "a baseline policy replaces the scorers of model.selection: give the plan whose budget it matches")
     check("model.finetune", not (check_paths and m.finetune) or Path(m.finetune).is_file(), "no such file")

@@ -4,13 +4,14 @@
     stts.patch(model, "T0_0.5-S4_0.7")                # adds model.selectors["T0"], ["S4"]
     stts.patch(model, "T0_0.5", sigma=0.1, jacobian="diagonal")
 
-A backbone supports selection when it has
+A backbone supports selection when it has (every stts backbone through `stts.models.base.VideoClassifier`)
 - `selectors`: an `nn.ModuleDict` its forward runs through `run_selectors` before each block/stage;
 - `selection_dim(index) -> int`: channels of the tokens entering block/stage `index` (ValueError if
   there is no such place);
 - `selection_kinds`: the kinds it accepts, a string such as "TS" or "TSK";
 - optionally `check_selection(spec)`: backbone rules (e.g. anchor sizes that keep Swin windows valid).
-Selectors are plain submodules, so state dicts read `selectors.T0.scorer.embed.1.weight`.
+Each selector is built in one call from (spec, dim, the plan's settings) and holds its spec; selectors
+are plain submodules, so state dicts read `selectors.T0.scorer.embed.1.weight`.
 """
 
 from __future__ import annotations

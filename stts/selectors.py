@@ -58,9 +58,10 @@ __all__ = [
     "set_sigma",
     "get_selectors",
     "SELECTORS",
+    "POLICIES",
 ]
 
-POLICIES = ("learned", "uniform", "random")
+POLICIES = ("learned", "uniform", "random")  # the scorers, or a non-learned baseline (`_Selector.policy_scores`)
 Thw = tuple[int, int, int]
 
 

@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from stts.plan import KINDS
 from stts.selectors import Selection
 
 __all__ = ["FrameSelection", "kept_regions", "plot_selection", "save_selection_animation",
@@ -62,7 +63,7 @@ def _plan_order(selections: Mapping[str, Selection]) -> list[tuple[str, Selectio
     parsed = [_NAME.fullmatch(name) for name, _ in items]
     if not all(parsed):
         return items
-    order = sorted(range(len(items)), key=lambda i: (int(parsed[i][2]), "TSK".index(parsed[i][1]), i))
+    order = sorted(range(len(items)), key=lambda i: (int(parsed[i][2]), list(KINDS).index(parsed[i][1]), i))
     return [items[i] for i in order]
 
 

@@ -1,5 +1,6 @@
 """Architecture rules, checked on the package's source (docs/ARCHITECTURE.md).
 
+- Imports go down the layer table of docs/ARCHITECTURE.md (read from the document, so it stays true).
 - No import cycle between stts modules. Imports inside functions count: a module that imports one which
   imports it back is a circle in the design even when a function-level import keeps Python happy.
 - Every module imports on its own (no hidden dependence on what was imported before it).
@@ -9,11 +10,13 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "stts"
+ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
 
 
 def _modules(package: Path) -> dict[str, Path]:
@@ -165,3 +168,53 @@ def test_nothing_is_found_by_scanning_sys_modules():
                     and node.value.id == "sys"):
                 users.append(f"{name}:{node.lineno}")
     assert not users, f"sys.modules used in {users}"
+
+
+def layer_table(text: str) -> dict[str, int]:
+    """{module or package: layer} from the fenced table under '## Layers' (lines '<n>  <modules...>')."""
+    section = text.split("## Layers", 1)[1].split("```", 2)[1]
+    table = {}
+    for line in section.splitlines():
+        m = re.fullmatch(r"\s*(\d+)\s+(.+)", line)
+        if m:
+            for name in m[2].split():
+                table[name] = int(m[1])
+    return table
+
+
+def layer_of(module: str, table: dict[str, int]) -> int | None:
+    """The layer of the longest table entry that is the module or a package above it (the root package,
+    an entry without a dot, stands for itself only: a new top-level module needs its own row)."""
+    best = None
+    for name in table:
+        above = "." in name and module.startswith(name + ".")
+        if (module == name or above) and (best is None or len(name) > len(best)):
+            best = name
+    return table[best] if best is not None else None
+
+
+def upward_imports(graph: dict[str, set[str]], table: dict[str, int]) -> list[str]:
+    out = []
+    for a in sorted(graph):
+        for b in sorted(graph[a]):
+            la, lb = layer_of(a, table), layer_of(b, table)
+            if lb > la:
+                out.append(f"{a} (layer {la}) imports {b} (layer {lb})")
+    return out
+
+
+def test_the_layer_check_sees_an_upward_import():
+    table = layer_table("## Layers\n```\nlayer modules\n 1  p.low\n 2  p.mid p.side\n 3  p\n```\n")
+    assert table == {"p.low": 1, "p.mid": 2, "p.side": 2, "p": 3}
+    assert layer_of("p.mid.deep", table) == 2 and layer_of("p", table) == 3 and layer_of("p.other", table) is None
+    graph = {"p.low": {"p.mid.deep"}, "p.mid.deep": {"p.low", "p.side"}, "p": {"p.low"}, "p.side": set()}
+    assert upward_imports(graph, table) == ["p.low (layer 1) imports p.mid.deep (layer 2)"]
+
+
+def test_imports_go_down_the_documented_layers():
+    table = layer_table(ARCHITECTURE.read_text())
+    graph = import_graph(PACKAGE)
+    unplaced = [m for m in graph if layer_of(m, table) is None]
+    assert not unplaced, f"modules with no layer in docs/ARCHITECTURE.md: {unplaced}"
+    assert not (bad := upward_imports(graph, table)), "imports up the layers of docs/ARCHITECTURE.md:\n" + \
+        "\n".join(bad)
