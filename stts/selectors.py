@@ -32,7 +32,6 @@ check) and evaluation (its non-finite-logits count) catch where they sync anyway
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -262,7 +261,7 @@ class _Selector(nn.Module):
 
     def extra_repr(self) -> str:
         vr = f", variance_reduction={self.variance_reduction}" if self.variance_reduction != "none" else ""
-        return (f"spec={self.spec}, policy={self.policy}, sigma={self.sigma}, jacobian={self.jacobian}{vr}")
+        return f"spec={self.spec}, policy={self.policy}, sigma={self.sigma}, jacobian={self.jacobian}{vr}"
 
 
 def _carry_nonfinite(out: Tensor, scores: Tensor) -> Tensor:

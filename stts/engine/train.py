@@ -8,9 +8,10 @@
 The loop (`_train`) reads top to bottom: set lr and sigma; micro-steps under autocast (the last one
 syncs the DDP gradients); unscale, clip, step; log; checkpoint; at the end of an epoch validate and
 save last.pt / best.pt. Everything else is a helper below it: building the data and the model,
-restoring a run (`_restore`), the checkpoint writer (`_save_last`), the checks, the progress bar. The published STTS schedule lives in two places: `set_backbone_trainable` (during
-the first `optim.scorer_warmup_epochs` only the scorers learn) and the param groups' `lr_mult`
-(backbone at `optim.backbone_lr_mult` x lr afterwards). Sigma decays linearly to 0 over all steps.
+restoring a run (`_restore`), the checkpoint writer (`_save_last`), the checks, the progress bar.
+The published STTS schedule lives in two places: `set_backbone_trainable` (during the first
+`optim.scorer_warmup_epochs` only the scorers learn) and the param groups' `lr_mult` (backbone at
+`optim.backbone_lr_mult` x lr afterwards). Sigma decays linearly to 0 over all steps.
 
 Resume is exact: last.pt holds model, optimizer, scaler, the step within the epoch and every rank's
 RNG states; the data order is a function of (seed, epoch) and each item of (seed, epoch, index), so
@@ -31,7 +32,6 @@ Checkpoints (model.finetune, train.resume) are read safely (weights only); `trai
 trust_checkpoint=True)` (CLI: --trust-checkpoint) unpickles one the safe loader refuses, running any
 code it carries: only for files you trust.
 """
-
 
 from __future__ import annotations
 
