@@ -3,6 +3,7 @@
     import stts
     model = stts.create_model("mvit_b_16x4", num_classes=400)     # dense backbone
     stts.patch(model, "T0_0.5-S4_0.7")                              # add selection in one line
+    stts.patch(dense, "T0_0.5-S4_0.7", policy="change")             # training-free (stts.policies)
     P = stts.perturbed_topk(scores, k=4)                            # (B, N) -> (B, K, N), differentiable
 
 Shape letters used throughout: B batch, C channels, T frames, H/W token grid, N tokens (T*H*W, plus a
@@ -12,7 +13,7 @@ nh heads, hd head dim.
 
 from stts.checkpoint import load_model, save_model
 from stts.models import create_model, list_models
-from stts.patch import patch
+from stts.patch import patch, set_policy
 from stts.plan import SelectionPlan, parse_plan
 from stts.scorer import Scorer
 from stts.selectors import AnchorSelector, Selection, TemporalSelector, TokenSelector, set_sigma
@@ -33,6 +34,7 @@ __all__ = [
     "SelectionPlan",
     "parse_plan",
     "patch",
+    "set_policy",
     "create_model",
     "list_models",
     "load_model",

@@ -39,7 +39,8 @@ class ModelConfig:
     num_samples: int = 500
     jacobian: str = ""  # "" = model's default; "full" | "diagonal"
     variance_reduction: str = ""  # "" = model's default; "none" | "loo" | "antithetic" | "loo+antithetic"
-    # learned (the STTS scorers) | uniform | random: the non-learned baselines at the same budget
+    # learned (the STTS scorers) | uniform | random | change | saliency: training-free, no scorers (stts.policies);
+    # training under one fine-tunes the backbone on the tokens it keeps (no scorer-only warm-up)
     policy: str = "learned"
     finetune: str = ""  # dense / official / stts checkpoint to start from (non-strict: scorers start fresh)
     kwargs: Dict[str, Any] = field(default_factory=dict)  # other builder kwargs (depth, embed_dim, ...)
@@ -241,11 +242,11 @@ def validate(cfg: RunConfig, sources: dict | None = None, *, check_paths: bool =
           f"expected '' or one of {', '.join(VARIANCE_REDUCTIONS)}")
     check("model.variance_reduction", "loo" not in m.variance_reduction or m.num_samples >= 2,
           f"a leave-one-out baseline needs model.num_samples >= 2, got {m.num_samples}")
-    from stts.selectors import POLICIES
+    from stts.policies import POLICIES
 
     check("model.policy", m.policy in POLICIES, f"expected one of {', '.join(POLICIES)}")
-    check("model.policy", m.policy == "learned" or bool(m.selection),
-          "a baseline policy replaces the scorers of model.selection: give the plan whose budget it matches")
+    check("model.policy", m.policy == "learned" or bool(m.selection) or entry.plan is not None,
+          f"a training-free policy scores the selectors of a plan, and {m.name} has none: give model.selection")
     check("model.finetune", not (check_paths and m.finetune) or Path(m.finetune).is_file(), "no such file")
     # --- optim ---
     check("optim.lr", o.lr > 0, "must be > 0")

@@ -2,15 +2,16 @@
 
     fc = count_flops(model, (1, 3, 16, 224, 224))
     fc.gflops                      # multiply-adds / 1e9 (fvcore's "FLOPs", as PySlowFast reports them)
-    fc.by_module["selectors"]      # the scorers' share
-    fc.by_operator                 # {"linear": ..., "matmul": ..., "conv": ..., "layer_norm": ...}
+    fc.scorer_gflops               # the selectors' share: their scorers, or a training-free policy's distances
+    fc.by_operator                 # {"linear": ..., "matmul": ..., "conv": ..., "layer_norm": ..., "norm": ...}
 
 The model runs once on the meta device (shapes only, no arithmetic), in eval mode, so a selector takes
 its hard top-K and the blocks after it are counted at their reduced size. Each ATen op is counted
 as fvcore counts it: one multiply-add is one FLOP; mm/addmm/bmm/matmul/einsum/linear by their
 multiply-adds, convolution as batch * prod(weight) * prod(output spatial) (bias ignored), LayerNorm
-as 5 per element with affine (4 without), fused attention as its two matmuls; element-wise ops,
-softmax, GELU, pooling, top-k, gather and copies are free. fvcore traces the official code, whose
+as 5 per element with affine (4 without), fused attention as its two matmuls, a vector norm as one
+multiply-add per element it reduces (the training-free policies' distances, stts.policies: their whole
+cost, charged to their selectors); element-wise ops, softmax, GELU, pooling, top-k, gather and copies are free. fvcore traces the official code, whose
 attention is written as two matmuls, so counting SDPA as two matmuls keeps the totals comparable.
 """
 
@@ -60,6 +61,10 @@ def _layer_norm(args, out):
     return _prod(args[0].shape) * (5 if has_affine else 4)
 
 
+def _vector_norm(args, out):  # ||v|| over the reduced dims: one multiply-add (v_i * v_i) per element
+    return _prod(args[0].shape)
+
+
 def _sdpa(args, out):
     q, k, v = args[0], args[1], args[2]  # (B, nh, Lq, hd), (B, nh, Lk, hd), (B, nh, Lk, hdv)
     batch = _prod(q.shape[:-2])
@@ -73,6 +78,7 @@ _RULES = {
     aten.baddbmm.default: ("matmul", _baddbmm),
     aten.convolution.default: ("conv", _conv),
     aten.native_layer_norm.default: ("layer_norm", _layer_norm),
+    aten.linalg_vector_norm.default: ("norm", _vector_norm),
 }
 for _name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
               "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"):

@@ -130,8 +130,8 @@ class SelectionPlan:
     """An ordered set of selectors plus the settings of their perturbed top-K and scoring policy.
 
     num_samples, sigma, jacobian ("full" | "diagonal"), variance_reduction (perturbed_topk's: none | loo |
-    antithetic | loo+antithetic): the estimator; policy: "learned" (the STTS scorers) or a non-learned
-    baseline ("uniform", "random") at the same budget.
+    antithetic | loo+antithetic): the estimator; policy: "learned" (the STTS scorers) or a training-free
+    policy at the same budget ("uniform", "random", "change", "saliency": stts.policies).
     """
 
     specs: tuple[SelectorSpec, ...] = ()

@@ -17,9 +17,9 @@ What a selector keeps is its `spec` (a `stts.plan.SelectorSpec`): the one home o
 anchor and output-grid rules, which the backbones use too (`sel.out_grid(thw)`). The spec can be
 swapped for another of the same kind and place (`sel.spec = ...`) without touching the scorer.
 
-`policy="uniform"` / `"random"` replace the learned scorer by the non-learned baselines at the same
-budget (evenly spaced frames or tokens and the centre anchor; or random ones): `_Selector.policy_scores`
-is the one place that scores without a scorer.
+`policy=` replaces the learned scorer by a training-free policy at the same budget (stts.policies:
+"uniform", "random", "change", "saliency"); `_Selector.policy_scores` is the one place that scores
+without a scorer, and each kind turns token scores into its candidates' scores as for its scorer.
 
 Noise: in training the perturbed top-K draws from torch's global RNG, or, given `seeds` (one int per
 clip, B), from a generator per clip seeded with the clip's seed mixed with the selector's name, so a
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stts.plan import KINDS, SelectorSpec
+from stts.policies import POLICIES, centre_anchor, evenly_spaced, random_scores, token_scores
 from stts.scorer import Scorer, minmax_normalize
 from stts.topk import hard_topk, noise_seed, perturbed_topk
 
@@ -54,13 +55,13 @@ __all__ = [
     "select_tokens",
     "anchor_geometry",
     "anchor_boxes",
+    "anchor_means",
     "set_sigma",
     "get_selectors",
     "SELECTORS",
     "POLICIES",
 ]
 
-POLICIES = ("learned", "uniform", "random")  # the scorers, or a non-learned baseline (`_Selector.policy_scores`)
 Thw = tuple[int, int, int]
 
 
@@ -139,6 +140,13 @@ def anchor_boxes(indices: Tensor, h: int, w: int, anchor_size: int, stride: int)
     left = (indices % cols) * stride
     size = torch.full_like(indices, anchor_size)
     return torch.stack([top, left, size, size], dim=-1)
+
+
+def anchor_means(token_scores: Tensor, h: int, w: int, anchor_size: int, stride: int) -> Tensor:
+    """Each anchor's score, the mean of its tokens' scores: (B', H*W) row-major -> (B', A), in `anchor_boxes`
+    order. The learned scorer's and the training-free policies' token scores alike."""
+    grid = token_scores.reshape(-1, 1, h, w)  # (B', 1, H, W)
+    return F.avg_pool2d(grid, kernel_size=anchor_size, stride=stride).flatten(1)  # (B', 1, rows, cols) -> (B', A)
 
 
 def select_anchors(
@@ -244,20 +252,33 @@ class _Selector(nn.Module):
             kw["seeds"] = [noise_seed(s, salt) for s in values]
         return kw
 
-    def policy_scores(self, B: int, n: int, k: int, like: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
-        """Scores (B, n) of a non-learned policy whose top-k is its choice: "uniform" evenly spaced picks
-        (for anchors, `grid` = (rows, cols): the position nearest the map's centre), "random" random ones."""
+    def policy_scores(self, tokens: Tensor, thw: Thw, k: int) -> Tensor:
+        """Scores of the non-learned policy (stts.policies) over this selector's candidates, whose top-k
+        (anchors: top-1 per frame) is its choice: tokens (B, T*H*W, C) without the prefix ->
+        temporal (B, T) | anchor (B*T, A) | token (B, T*H*W). A token policy's scores are reduced as the
+        scorer's are: a frame the mean of its tokens, an anchor the mean of its window, then min-max."""
+        B, _, C = tokens.shape
+        T, H, W = thw
+        if self.letter == "S":
+            a, s = self.spec.anchor(H, W)
+            rows, cols = anchor_geometry(H, W, a, s)
+            shape = (B * T, rows * cols)
+        else:
+            shape = (B, T if self.letter == "T" else T * H * W)
         if self.policy == "random":
-            return torch.rand(B, n, device=like.device)
-        if grid is not None:  # the anchor nearest the centre (not the middle of the flattened list)
-            rows, cols = grid
-            s = torch.zeros(B, n, device=like.device)
-            s[:, (rows // 2) * cols + cols // 2] = 1.0
-            return s
-        centres = (torch.arange(k, dtype=torch.float64) + 0.5) * n / k - 0.5  # evenly spaced picks
-        s = torch.zeros(n, dtype=torch.float32)
-        s[centres.round().long().clamp_(0, n - 1)] = 1.0
-        return s.to(like.device).expand(B, n)
+            return random_scores(*shape, device=tokens.device)
+        if self.policy == "uniform":
+            pick = centre_anchor(rows, cols) if self.letter == "S" else evenly_spaced(shape[1], k)
+            return pick.to(tokens.device).expand(shape)
+        try:
+            per_token = token_scores(self.policy, tokens.reshape(B, T, H * W, C))  # (B, T, H*W)
+        except ValueError as e:
+            raise ValueError(f"{self.spec.name}: {e}") from None
+        if self.letter == "T":
+            return minmax_normalize(per_token.mean(dim=-1))  # (B, T)
+        if self.letter == "S":
+            return minmax_normalize(anchor_means(per_token.reshape(B * T, H * W), H, W, a, s))  # (B*T, A)
+        return minmax_normalize(per_token.reshape(B, T * H * W))  # (B, N)
 
     def extra_repr(self) -> str:
         vr = f", variance_reduction={self.variance_reduction}" if self.variance_reduction != "none" else ""
@@ -308,7 +329,7 @@ class TemporalSelector(_Selector):
         if self.scorer is not None:
             scores = self.frame_scores(tokens)
         else:
-            scores = self.policy_scores(B, T, k, x)
+            scores = self.policy_scores(tokens.reshape(B, T * H * W, C), thw, k)
         kept, idx = select_frames(tokens, scores, k, soft=self.soft, **self.topk_kwargs(seeds))
         out = _carry_nonfinite(torch.cat([prefix, kept.reshape(B, k * H * W, C)], dim=1), scores)  # (B, P + K*H*W, C)
         new_thw = (k, H, W)
@@ -353,9 +374,7 @@ class AnchorSelector(_Selector):
 
     def anchor_scores(self, frames: Tensor, h: int, w: int, a: int, s: int) -> Tensor:
         """Normalised anchor scores: frames (B', H*W, C) -> (B', A)."""
-        token_scores = self.scorer(frames)  # (B', H*W)
-        pooled = F.avg_pool2d(token_scores.view(-1, 1, h, w), kernel_size=a, stride=s)  # (B', 1, rows, cols)
-        return minmax_normalize(pooled.flatten(1))  # (B', A)
+        return minmax_normalize(anchor_means(self.scorer(frames), h, w, a, s))  # (B', H*W) -> (B', A)
 
     def forward(self, x: Tensor, thw: Thw, *, return_selection: bool = False, seeds=None):
         B, _, C = x.shape
@@ -366,7 +385,7 @@ class AnchorSelector(_Selector):
         if self.scorer is not None:
             scores = self.anchor_scores(tokens.reshape(B * T, H * W, C), H, W, a, s)  # (B*T, A)
         else:
-            scores = self.policy_scores(B * T, rows * cols, 1, x, grid=(rows, cols))
+            scores = self.policy_scores(tokens, thw, 1)  # (B*T, A)
         scores = scores.reshape(B, T, rows * cols)
         kept, idx = select_anchors(tokens.reshape(B, T, H, W, C), scores, a, s, soft=self.soft,
                                    **self.topk_kwargs(seeds))  # seeds (B,): each clip's T rows share one
@@ -401,7 +420,7 @@ class TokenSelector(_Selector):
         if self.scorer is not None:
             scores = minmax_normalize(self.scorer(tokens))  # (B, N)
         else:
-            scores = self.policy_scores(B, N, k, x)
+            scores = self.policy_scores(tokens, thw, k)
         kept, idx = select_tokens(tokens, scores, k, soft=self.soft, **self.topk_kwargs(seeds))
         out = _carry_nonfinite(torch.cat([prefix, kept], dim=1), scores)  # (B, P + K, C)
         if return_selection:

@@ -177,7 +177,8 @@ def test_eval_honours_model_selection_for_a_checkpoint_of_another_plan(synth, tm
     base = ["eval", str(cfg), "--checkpoint", str(tmp_path / "dense.pt"), "eval.split=val"]
 
     assert main(base + [f"eval.report={tmp_path / 'dense.json'}"]) == 0
-    assert json.loads((tmp_path / "dense.json").read_text())["plan"] is None
+    rep = json.loads((tmp_path / "dense.json").read_text())
+    assert rep["plan"] is None and rep["policy"] is None
 
     assert main(base + [f"model.selection={TINY_PLAN}", f"eval.report={tmp_path / 'sel.json'}"]) == 0
     rep = json.loads((tmp_path / "sel.json").read_text())
@@ -192,6 +193,15 @@ def test_eval_honours_model_selection_for_a_checkpoint_of_another_plan(synth, tm
                         f"eval.report={tmp_path / 'uni.json'}"]) == 0
     rep = json.loads((tmp_path / "uni.json").read_text())
     assert rep["plan"] == TINY_PLAN and "uniform policy" in rep["note"] and "UNTRAINED" not in rep["note"]
+    assert rep["policy"] == "uniform"
+
+    # A training-free policy on the dense weights: named in the report and on the screen.
+    capsys.readouterr()
+    assert main(base + [f"model.selection={TINY_PLAN}", "model.policy=change",
+                        f"eval.report={tmp_path / 'change.json'}"]) == 0
+    rep = json.loads((tmp_path / "change.json").read_text())
+    assert (rep["plan"], rep["policy"]) == (TINY_PLAN, "change") and "(change policy)" in rep["note"]
+    assert f"plan {TINY_PLAN}  policy change" in capsys.readouterr().out
 
 
 def test_data_check_warns_about_videos_shorter_than_one_clip(tmp_path, capsys):

@@ -320,3 +320,29 @@ def test_visualize_cli_run_config_classes_and_dense(tmp_path, videos, capsys):
                  str(tmp_path / "d"), "--no-gif", "--frames", "4", "--size", "32"])
     stdout = capsys.readouterr().out
     assert code == 0 and "no selectors" in stdout and "4/4 frames kept" in stdout
+
+
+def test_visualize_cli_policies(tmp_path, videos, capsys):
+    """--policy scores a checkpoint's selectors training-free; --selection adds a plan to a dense one."""
+    import stts
+    from stts.cli import main
+
+    torch.manual_seed(0)
+    stts.save_model(stts.create_model("mvit_b_16x4", **TINY_MVIT), tmp_path / "stts.pt")
+    dense = {k: v for k, v in TINY_MVIT.items() if k != "selection"}
+    stts.save_model(stts.create_model("mvit_b_16x4", **dense), tmp_path / "dense.pt")
+    base = [videos["good"], "--out", str(tmp_path / "v"), "--no-gif", "--frames", "8", "--size", "32"]
+    assert main(["visualize", "--checkpoint", str(tmp_path / "stts.pt"), *base]) == 0
+    assert f"selection: {TINY_MVIT['selection']}, learned policy" in capsys.readouterr().out
+    assert main(["visualize", "--checkpoint", str(tmp_path / "stts.pt"), *base, "--policy", "change"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"selection: {TINY_MVIT['selection']}, change policy" in stdout and "4/8 frames kept" in stdout
+    assert main(["visualize", "--checkpoint", str(tmp_path / "dense.pt"), *base, "--selection", "T0_0.5",
+                 "--policy", "saliency"]) == 0
+    stdout = capsys.readouterr().out
+    assert "selection: T0_0.5, saliency policy" in stdout and "4/8 frames kept" in stdout
+    for extra, message in ((["--selection", "T0_0.5"], "no trained scorers: give a training-free --policy"),
+                           (["--policy", "motion"], "--policy motion: policy must be one of")):
+        assert main(["visualize", "--checkpoint", str(tmp_path / "dense.pt" if "--selection" in extra
+                                                            else tmp_path / "stts.pt"), *base, *extra]) == 2
+        assert message in capsys.readouterr().err

@@ -3,6 +3,7 @@
     stts bench mvit_b_16x4 mvit_b_16x4_stts_t0.5_s0.7 --batch-size 1 --threads 2
     stts bench mvit_b_16x4 mvit_b_16x4_stts_t0.9_s0.9 --device cuda --batch-size 32 --dtype bfloat16
     stts bench mvit_b_16x4 mvit_b_16x4:T0_0.5-S4_0.7 --frames 8 --size 112 --json   # NAME:PLAN adds a plan
+    stts bench mvit_b_16x4 mvit_b_16x4:T0_0.5-S4_0.7@change mvit_b_16x4_stts_t0.5_s0.7@uniform  # @POLICY scores
 
 Models run round-robin (one call of each in turn, `--repeats` rounds, after `--warmup` calls each), so
 drifts of the machine (clock, thermals, other jobs) hit every model alike; latency is the median.
@@ -18,7 +19,8 @@ from stts.errors import UsageError
 
 def add_arguments(parser) -> None:
     parser.add_argument("models", nargs="+", metavar="MODEL",
-                        help="registered names, or NAME:PLAN for a dense name plus a plan; the first is the baseline")
+                        help="registered names, or NAME:PLAN for a dense name plus a plan, each optionally "
+                             "@POLICY (learned, uniform, random, change, saliency); the first is the baseline")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--frames", type=int, default=None, help="clip length (default: the model's)")
     parser.add_argument("--size", type=int, default=None, help="crop size (default: the model's)")
@@ -50,9 +52,10 @@ def run(args) -> int:
     kwargs = parse_kwargs(args.kwargs)
     models = []
     for spec in args.models:
+        spec, _, policy = spec.partition("@")
         name, _, plan = spec.partition(":")
-        models.append(build_for_clip(name, selection=plan or None, frames=args.frames, size=args.size,
-                                     **kwargs).eval())
+        models.append(build_for_clip(name, selection=plan or None, policy=policy or None, frames=args.frames,
+                                     size=args.size, **kwargs).eval())
     models = [m.to(device) for m in models]
     C, T, H, W = models[0].input_size
     torch.manual_seed(0)
@@ -67,8 +70,9 @@ def run(args) -> int:
     for name, m, g, ts in zip(args.models, models, gflops, times):
         lat = median(ts)
         plan = getattr(m, "plan", None)
-        rows.append({"model": name, "plan": str(plan) if plan is not None and len(plan) else None, "gflops": g,
-                     "latency_ms": 1e3 * lat, "clips_per_s": args.batch_size / lat})
+        selects = plan is not None and len(plan)
+        rows.append({"model": name, "plan": str(plan) if selects else None, "policy": plan.policy if selects else None,
+                     "gflops": g, "latency_ms": 1e3 * lat, "clips_per_s": args.batch_size / lat})
     for r in rows:
         r["speedup"] = rows[0]["latency_ms"] / r["latency_ms"]
         r["flop_ratio"] = r["gflops"] / rows[0]["gflops"]
@@ -79,10 +83,11 @@ def run(args) -> int:
         return 0
     print(f"batch {args.batch_size} x {C}x{T}x{H}x{W}, {device}, {args.dtype}, {setup['threads']} threads, "
           f"median of {args.repeats} round-robin rounds")
-    print(f"{'model':<32} {'plan':<20} {'GFLOPs':>8} {'FLOPs x':>8} {'ms':>9} {'clips/s':>9} {'speed-up':>8}")
+    print(f"{'model':<32} {'plan':<20} {'policy':<9} {'GFLOPs':>8} {'FLOPs x':>8} {'ms':>9} {'clips/s':>9} "
+          f"{'speed-up':>8}")
     for r in rows:
-        print(f"{r['model']:<32} {r['plan'] or 'dense':<20} {r['gflops']:>8.4g} {r['flop_ratio']:>8.3f} "
-              f"{r['latency_ms']:>9.2f} {r['clips_per_s']:>9.2f} {r['speedup']:>7.2f}x")
+        print(f"{r['model']:<32} {r['plan'] or 'dense':<20} {r['policy'] or '-':<9} {r['gflops']:>8.4g} "
+              f"{r['flop_ratio']:>8.3f} {r['latency_ms']:>9.2f} {r['clips_per_s']:>9.2f} {r['speedup']:>7.2f}x")
     return 0
 
 

@@ -2,6 +2,7 @@
 
     stts flops mvit_b_16x4_stts_t0.5_s0.7              # one line: GFLOPs, params, scorer share, zoo figures
     stts flops mvit_b_16x4 --selection T0_0.5-S4_0.7 --json
+    stts flops mvit_b_16x4 --selection T0_0.5-S4_0.7 --policy change   # training-free: its distances, no scorers
     stts flops mvit_b_16x4 --frames 32 --size 256      # another clip shape
 
 The model is built for the clip (--frames, --size) and run on the meta device (shapes only), in eval
@@ -23,6 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="NAME", help="a registered name (see `stts list-models`)")
     parser.add_argument("--selection", default=None, metavar="PLAN",
                         help="selection plan added to a dense model, e.g. T0_0.5-S4_0.7")
+    parser.add_argument("--policy", default=None, metavar="NAME",
+                        help="how the selectors score: learned (the scorers) or a training-free policy, "
+                             "uniform | random | change | saliency (default: the plan's)")
     parser.add_argument("--frames", type=int, default=None,
                         help="clip length T, a multiple of the temporal patch stride (default: the model's)")
     parser.add_argument("--size", type=int, default=None,
@@ -32,21 +36,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def build_for_clip(name: str, *, selection: str | None = None, frames: int | None = None, size: int | None = None,
-                   **kwargs):
-    """`create_model` for a clip of `frames` x `size` (None: the model's default); UsageError naming the
-    option when a value is not positive, does not tile into the model's patches, or the model or its
-    plan cannot be built for it."""
+def build_for_clip(name: str, *, selection: str | None = None, policy: str | None = None, frames: int | None = None,
+                   size: int | None = None, **kwargs):
+    """`create_model` for a clip of `frames` x `size` (None: the model's default), its selectors scoring
+    by `policy` (None: the plan's); UsageError naming the option when a value is not positive, does not
+    tile into the model's patches, or the model or its plan cannot be built for it."""
     from stts.models import create_model
 
     for option, value in (("--frames", frames), ("--size", size)):
         if value is not None and value < 1:
             raise UsageError(f"{option} {value}: must be >= 1")
     clip = {**({"num_frames": frames} if frames is not None else {}), **({"img_size": size} if size is not None else {})}
+    what = f"{name}{f' with selection {selection}' if selection else ''}{f' and policy {policy}' if policy else ''}"
     try:
-        model = create_model(name, selection=selection, **clip, **kwargs)
-    except (TypeError, ValueError) as e:  # unknown name, plan or kwarg; a plan that does not fit the clip
-        raise UsageError(f"{name}{f' with selection {selection}' if selection else ''}: {e}") from None
+        plan = _with_policy(name, selection, policy)
+        model = create_model(name, selection=plan, **clip, **kwargs)
+    except (TypeError, ValueError) as e:  # unknown name, plan, policy or kwarg; a plan that does not fit the clip
+        raise UsageError(f"{what}: {e}") from None
     stride = _patch_stride(model)
     if stride is not None:
         for option, value, s in (("--frames", frames, stride[0]), ("--size", size, stride[1])):
@@ -56,6 +62,19 @@ def build_for_clip(name: str, *, selection: str | None = None, frames: int | Non
     return model
 
 
+def _with_policy(name: str, selection: str | None, policy: str | None):
+    """The plan to build `name` with: `selection` (or the variant's own plan) scored by `policy`."""
+    from stts.models import model_entry
+    from stts.plan import parse_plan
+
+    if policy is None:
+        return selection
+    plan = parse_plan(selection) if selection else model_entry(name).plan
+    if plan is None or not len(plan):
+        raise ValueError(f"a policy scores the selectors of a plan, and {name} has none: give a selection plan")
+    return plan.with_settings(policy=policy)
+
+
 def _patch_stride(model) -> tuple[int, int, int] | None:
     """(t, h, w) stride of the model's patch embedding, if it has the usual `patch_embed.proj` conv."""
     proj = getattr(getattr(model, "patch_embed", None), "proj", None)
@@ -63,8 +82,8 @@ def _patch_stride(model) -> tuple[int, int, int] | None:
     return tuple(stride) if stride is not None and len(stride) == 3 else None
 
 
-def flops_report(name: str, *, selection: str | None = None, frames: int | None = None, size: int | None = None,
-                 batch_size: int = 1, **kwargs) -> dict:
+def flops_report(name: str, *, selection: str | None = None, policy: str | None = None, frames: int | None = None,
+                 size: int | None = None, batch_size: int = 1, **kwargs) -> dict:
     """GFLOPs, parameters and zoo figures of a registered model, as plain data."""
     import torch
 
@@ -74,7 +93,7 @@ def flops_report(name: str, *, selection: str | None = None, frames: int | None 
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be >= 1")
     with torch.device("meta"):  # no weights are allocated or initialised
-        model = build_for_clip(name, selection=selection, frames=frames, size=size, **kwargs)
+        model = build_for_clip(name, selection=selection, policy=policy, frames=frames, size=size, **kwargs)
     default = getattr(model, "input_size", None)  # (C, T, H, W) of the clip it was built for
     if default is None:
         if not (frames and size):
@@ -88,6 +107,7 @@ def flops_report(name: str, *, selection: str | None = None, frames: int | None 
     report = {
         "model": name,
         "selection": str(plan) if plan is not None and len(plan) else None,
+        "policy": plan.policy if plan is not None and len(plan) else None,
         "input_shape": list(shape),
         "gflops": fc.gflops,
         "scorer_gflops": fc.scorer_gflops,
@@ -97,7 +117,8 @@ def flops_report(name: str, *, selection: str | None = None, frames: int | None 
     }
     zoo = ZOO.get(name)
     # The zoo's figures describe the published configuration only: same plan, default clip, batch 1.
-    if zoo is not None and selection is None and not kwargs and frames is None and size is None and batch_size == 1:
+    published = selection is None and policy in (None, "learned") and not kwargs
+    if zoo is not None and published and frames is None and size is None and batch_size == 1:
         report["zoo"] = {
             "official_gflops": zoo.official_gflops,
             "readme_gflops": zoo.readme_gflops,
@@ -121,14 +142,18 @@ def parse_kwargs(text: str) -> dict:
 
 
 def run(args) -> int:
-    report = flops_report(args.model, selection=args.selection, frames=args.frames, size=args.size,
+    report = flops_report(args.model, selection=args.selection, policy=args.policy, frames=args.frames, size=args.size,
                           batch_size=args.batch_size, **parse_kwargs(args.kwargs))
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
     shape = "x".join(str(s) for s in report["input_shape"])
-    line = (f"{report['model']}  {report['selection'] or 'dense'}  input {shape}: {report['gflops']:.2f} GFLOPs "
-            f"(scorers {report['scorer_gflops']:.3f}), {report['params'] / 1e6:.2f} M params")
+    policy = f" ({report['policy']} policy)" if report["policy"] else ""
+    # The selectors' own cost: the scorers', or a training-free policy's (its distances; 0 for uniform, random).
+    scoring = "scorers" if report["policy"] in (None, "learned") else f"{report['policy']} scoring"
+    line = (f"{report['model']}  {report['selection'] or 'dense'}{policy}  input {shape}: "
+            f"{report['gflops']:.2f} GFLOPs ({scoring} {report['scorer_gflops']:.3f}), "
+            f"{report['params'] / 1e6:.2f} M params")
     print(line)
     zoo = report.get("zoo")
     if zoo:

@@ -2,13 +2,17 @@
 
     stts visualize --checkpoint runs/t05/best.pt clip1.mp4 clip2.webm --out vis/
     stts visualize --checkpoint mvit_stts.safetensors clip.mp4 --frames 16 --size 224 --no-gif
+    stts visualize --checkpoint runs/t05/best.pt clip.mp4 --policy change           # what a policy keeps instead
+    stts visualize --checkpoint dense.pt clip.mp4 --selection T0_0.5-S4_0.7 --policy saliency   # training-free
 
 Each video is decoded and transformed as the model was evaluated: the checkpoint's run config (training
 checkpoints carry it: num_frames, sampling, short side / crop, mean/std) or, without one, the model's
 own input size with Kinetics defaults; --frames, --size, --sampling-rate override. One centred clip,
 centre crop. Prints the predicted class (named when the checkpoint, its config or --classes give names)
 and the files written. A video that cannot be read is reported and skipped; the exit status is 1 when
-no video worked. A model without selectors still gets pictures, every frame kept.
+no video worked. A model without selectors still gets pictures, every frame kept. --policy scores the
+selectors by a training-free policy (stts.policies) instead of the checkpoint's; --selection adds a plan
+to a dense checkpoint (scored by --policy; without one its scorers would be untrained).
 The checkpoint is read safely (tensors and plain data only); --trust-checkpoint unpickles one the safe
 loader refuses, which runs any code a crafted file carries: only for files you trust.
 """
@@ -34,10 +38,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampling-rate", type=int, default=None, metavar="R",
                         help="frames between taken frames at the target fps (default: config)")
     parser.add_argument("--classes", default=None, metavar="FILE", help="class names, one per line")
+    parser.add_argument("--selection", default=None, metavar="PLAN",
+                        help="selection plan added to a dense checkpoint, e.g. T0_0.5-S4_0.7 (give --policy too)")
+    parser.add_argument("--policy", default=None, metavar="NAME",
+                        help="score the selectors by a training-free policy: uniform | random | change | saliency")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle a checkpoint that the safe (weights-only) loader refuses. RISK: a "
                              "crafted file runs code as it loads; only for files you trust")
+
+
+def _select_by(model, args):
+    """The checkpoint's model with --selection added (a dense checkpoint) and its selectors scored by
+    --policy; UsageError naming the option."""
+    from stts.patch import patch, set_policy
+
+    plan = getattr(model, "plan", None)
+    try:
+        if args.selection:
+            if plan is not None and len(plan):
+                raise ValueError(f"the checkpoint already selects tokens ({plan}); --selection adds a plan to a "
+                                 "dense checkpoint (use --policy to score its selectors otherwise)")
+            if args.policy in (None, "learned"):
+                raise ValueError("a dense checkpoint has no trained scorers: give a training-free --policy "
+                                 "(uniform, random, change, saliency)")
+            return patch(model, args.selection, policy=args.policy)
+        if args.policy:
+            return set_policy(model, args.policy)
+    except (TypeError, ValueError) as e:
+        option = "--selection" if args.selection else "--policy"
+        raise UsageError(f"{option} {args.selection or args.policy}: {e}") from None
+    return model
 
 
 def _data_config(ckpt: dict, model, args):
@@ -112,6 +143,7 @@ def run(args) -> int:
     device = parse_device(args.device)
     ckpt = read_checkpoint(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
     model = load_model(ckpt, name=args.checkpoint)  # the file is read once, above
+    model = _select_by(model, args)
     model.to(device).eval()
     cfg, source = _data_config(ckpt, model, args)  # a bad --frames / --size is a ConfigError naming it
     num_classes = getattr(model, "num_classes", 0)
@@ -119,6 +151,9 @@ def run(args) -> int:
     selective = "return_selections" in inspect.signature(model.forward).parameters
     if not (selective and len(getattr(model, "selectors", ()))):
         print("note: the model has no selectors; every frame is drawn as kept")
+    plan = getattr(model, "plan", None)
+    if plan is not None and len(plan):
+        print(f"selection: {plan}, {plan.policy} policy")
     sampling = resolve_sampling(cfg, cfg.format)
     print(f"clips: {cfg.num_frames} frames ({sampling}, rate {cfg.sampling_rate}), short side "
           f"{cfg.test_short_side}, crop {cfg.crop_size} ({source})")

@@ -148,7 +148,8 @@ def _config_plan_key(cfg) -> tuple[str, str]:
     m = cfg.model
     if m.selection:
         return str(parse_plan(m.selection)), m.policy
-    return _plan_key(model_entry(m.name).plan)
+    own = model_entry(m.name).plan  # a published variant's plan, scored by model.policy
+    return (str(own), m.policy) if own is not None and len(own) else ("", "learned")
 
 
 def eval_model(cfg, ckpt: dict, path, num_classes: int) -> tuple[nn.Module, str | None]:
@@ -229,6 +230,7 @@ def run_eval(cfg, *, checkpoint: str | None = None, trust_checkpoint: bool = Fal
         plan = getattr(model, "plan", None)
         report = {
             "checkpoint": str(ckpt_path), "model": model.model_name, "plan": str(plan) if plan else None,
+            "policy": plan.policy if plan else None,  # how the selectors score (stts.policies)
             "note": note, "split": cfg.eval.split, "sampling": ds.sampling, "views_per_video": ds.num_views,
             "average": cfg.eval.average, "gflops_per_view": gflops, "gflops_per_video": gflops * ds.num_views,
             **result, "world_size": env.world_size, "device": str(env.device),

@@ -122,9 +122,10 @@ def train_summary(s: dict) -> str:
 def eval_summary(r: dict, path) -> str:
     """The end-of-evaluation screen."""
 
+    policy = f"  policy {r['policy']}" if r.get("policy") else ""
     lines = [
         "=" * 72,
-        f"stts eval: {r['model']}  plan {r['plan'] or 'dense'}  ({r['checkpoint']})",
+        f"stts eval: {r['model']}  plan {r['plan'] or 'dense'}{policy}  ({r['checkpoint']})",
         f"  {r['split']}: {r['videos']} of {r['num_videos']} videos, {r['views_per_video']} views each"
         f" ({r.get('sampling', 'clip')} sampling, {r['average']} averaged); skipped {r['skipped_videos']}",
         f"  top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  mean per-class {r['mean_class_acc']:.2f}%",

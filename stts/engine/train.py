@@ -11,7 +11,8 @@ save last.pt / best.pt. Everything else is a helper below it: building the data 
 restoring a run (`_restore`), the checkpoint writer (`_save_last`), the checks, the progress bar.
 The published STTS schedule lives in two places: `set_backbone_trainable` (during the first
 `optim.scorer_warmup_epochs` only the scorers learn) and the param groups' `lr_mult` (backbone at
-`optim.backbone_lr_mult` x lr afterwards). Sigma decays linearly to 0 over all steps.
+`optim.backbone_lr_mult` x lr afterwards). Sigma decays linearly to 0 over all steps. A model without
+scorers (dense, or scored by a training-free policy: stts.policies) has no scorer warm-up.
 
 Resume is exact: last.pt holds model, optimizer, scaler, the step within the epoch and every rank's
 RNG states; the data order is a function of (seed, epoch) and each item of (seed, epoch, index), so
