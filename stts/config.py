@@ -30,7 +30,9 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 @dataclass
 class ModelConfig:
     name: str = ""  # a registry name (stts list-models); required
-    selection: str = ""  # plan added to a dense name, e.g. "T0_0.5-S4_0.7"; "" = the name's own
+    # plan added to a dense name, e.g. "T0_0.5-S4_0.7", or a range to train elastically ("T0_0.25:0.75");
+    # for a published variant, other amounts at its own points; "" = the name's own
+    selection: str = ""
     num_classes: int = 0  # 0 = the dataset's
     # null = the registered variant's own value, which is the published one (MViT-B: 0.2 / 0.5)
     drop_path_rate: Optional[float] = None
@@ -228,8 +230,10 @@ def validate(cfg: RunConfig, sources: dict | None = None, *, check_paths: bool =
             parse_plan(m.selection)
         except (ValueError, TypeError) as err:
             fail("model.selection", str(err))
-        check("model.selection", entry.plan is None,
-              f"{m.name} already selects tokens ({entry.plan}); give a dense model name with a selection")
+        check("model.selection", entry.plan is None or parse_plan(m.selection).points == entry.plan.points,
+              f"{m.name} already selects tokens at {'-'.join(entry.plan.points) if entry.plan else ''} "
+              f"({entry.plan}); model.selection may change how much those points keep, not where: give a "
+              "dense model name for other points")
     check("model.num_classes", m.num_classes >= 0, "must be >= 0 (0 = the dataset's)")
     check("model.drop_path_rate", m.drop_path_rate is None or 0 <= m.drop_path_rate < 1, "must be in [0, 1) or null")
     check("model.head_dropout", m.head_dropout is None or 0 <= m.head_dropout < 1, "must be in [0, 1) or null")

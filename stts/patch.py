@@ -1,9 +1,12 @@
-"""Add token selection to a dense backbone in one line.
+"""Add token selection to a dense backbone in one line, and change how much it keeps.
 
     model = stts.create_model("mvit_b_16x4", num_classes=400)
     stts.patch(model, "T0_0.5-S4_0.7")                # adds model.selectors["T0"], ["S4"]
     stts.patch(model, "T0_0.5", sigma=0.1, jacobian="diagonal")
     stts.patch(model, "T0_0.5-S4_0.7", policy="change")   # training-free: no scorers (stts.policies)
+    stts.set_plan(model, "T0_0.3-S4_0.6")             # same points, new amounts: the trained scorers stay
+    with at_plan(model, "T0_k2-S4_a10"): model(x)     # run one fixed point for a while (engine, eval)
+    running_plan(model)                               # the fixed plan the selectors run now
 
 A backbone supports selection when it has (every stts backbone through `stts.models.base.VideoClassifier`)
 - `selectors`: an `nn.ModuleDict` its forward runs through `run_selectors` before each block/stage;
@@ -13,10 +16,16 @@ A backbone supports selection when it has (every stts backbone through `stts.mod
 - optionally `check_selection(spec)`: backbone rules (e.g. anchor sizes that keep Swin windows valid).
 Each selector is built in one call from (spec, dim, the plan's settings) and holds its spec; selectors
 are plain submodules, so state dicts read `selectors.T0.scorer.embed.1.weight`.
+
+`model.plan` is the plan the model was patched (or `set_plan`) with, what checkpoints record; it may be
+elastic (ranges, `T0_0.25:0.75`). The selectors always run a fixed point of it: the plan itself, or an
+elastic plan's middle (`plan.at(0.5)`) unless `at_plan` (training draws, evaluation at several budgets)
+runs another one for a while. The amount is a spec, not a module: changing it keeps every scorer.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 
 from torch import Tensor, nn
@@ -25,7 +34,8 @@ from stts.plan import KINDS, SelectionPlan, SelectorSpec, parse_plan
 from stts.policies import MIN_FRAMES
 from stts.selectors import SELECTORS
 
-__all__ = ["patch", "set_policy", "build_selector", "run_selectors"]
+__all__ = ["patch", "set_policy", "set_plan", "at_plan", "running_plan", "swap_specs", "build_selector",
+           "run_selectors"]
 
 
 def build_selector(spec: SelectorSpec, dim: int, plan: SelectionPlan) -> nn.Module:
@@ -57,7 +67,7 @@ def patch(model: nn.Module, plan: "str | SelectionPlan", **settings) -> nn.Modul
     kinds = getattr(model, "selection_kinds", "".join(KINDS))
     before = list(model.selectors.items())
     try:
-        for spec in plan:
+        for spec in plan.at(0.5):  # an elastic plan's selectors start at its middle
             if spec.kind not in kinds:
                 raise ValueError(f"{type(model).__name__} does not support {spec.kind!r} selection ({spec}); "
                                  f"it takes {', '.join(kinds)}")
@@ -73,6 +83,8 @@ def patch(model: nn.Module, plan: "str | SelectionPlan", **settings) -> nn.Modul
             sel = build_selector(spec, dim, plan)
             sel.train(model.training)  # a model in eval mode must keep selecting hard
             _insert_in_order(model.selectors, spec.name, sel)
+        if plan.elastic:  # both ends must run too: they are trained and evaluated
+            _check_ends(model, plan)
     except BaseException:
         model.selectors.clear()
         model.selectors.update(before)
@@ -122,6 +134,102 @@ def _check_policy(model: nn.Module, spec: SelectorSpec, policy: str) -> None:
     if thw[0] < need:
         raise ValueError(f"the {policy} policy needs {need} frames, and the map before {spec.name} has "
                          f"{thw[0]} ({'x'.join(map(str, thw))}, T x H x W)")
+def set_plan(model: nn.Module, plan: "str | SelectionPlan") -> nn.Module:
+    """Run `model` at another plan of the same selection points (same names T0, S4, ..., so the same
+    kinds), keeping its selectors and their trained scorers (the same modules and weights); returns it.
+
+    plan: a string takes the model's settings; a SelectionPlan's settings (sigma, num_samples, jacobian,
+        variance_reduction) are applied to the selectors, its policy must be the model's. An elastic plan
+        runs at its middle (`plan.at(0.5)`) until a point is picked (`at_plan`, training's draws).
+    Raises ValueError naming the problem (other points, another policy, an amount that does not fit the
+    map it would see); the model is left unchanged then. `model.plan` becomes `plan`: what checkpoints
+    record and `stts.load_model` rebuilds.
+    """
+    current: SelectionPlan | None = getattr(model, "plan", None)
+    if current is None or not len(current):
+        raise ValueError(f"{type(model).__name__} has no selection points to set amounts for; add them with "
+                         "stts.patch(model, plan) (or create_model(name, selection=plan))")
+    plan = plan if isinstance(plan, SelectionPlan) else parse_plan(plan, **current.settings)
+    if plan.points != current.points:
+        raise ValueError(f"set_plan keeps the model's selection points {'-'.join(current.points)} (plan {current}) "
+                         f"and changes only how much they keep; {plan} has the points "
+                         f"{'-'.join(plan.points) or 'none'}. For other points build the model with that plan "
+                         "and load the weights (the scorers of new points then start untrained)")
+    if plan.policy != current.policy:
+        raise ValueError(f"set_plan keeps the selectors' {current.policy!r} policy; {plan} asks for "
+                         f"{plan.policy!r}: switch policies with stts.set_policy(model, {plan.policy!r})")
+    if plan.elastic:
+        _check_ends(model, plan)
+    swap_specs(model, plan.at(0.5).specs, where=str(plan))
+    changed = {k: v for k, v in plan.settings.items() if k != "policy" and v != current.settings[k]}
+    for sel in model.selectors.values():
+        for key, value in changed.items():
+            setattr(sel, key, value)
+    model.plan = plan
+    return model
+
+
+@contextmanager
+def at_plan(model: nn.Module, plan: "str | SelectionPlan", *, where: str | None = None):
+    """Run the model's selectors at the fixed `plan` (same points) inside the block, then put back the
+    amounts they had; `model.plan` is not changed. What training (a drawn budget per step) and
+    evaluation at several budgets use; the scorers are untouched. ValueError if it does not fit."""
+    plan = plan if isinstance(plan, SelectionPlan) else parse_plan(plan)
+    if plan.elastic:
+        raise ValueError(f"at_plan runs one fixed point; {plan} is a range (take plan.at(u))")
+    points = tuple(model.selectors)
+    if plan.points != points:
+        raise ValueError(f"{plan} does not have the model's selection points {'-'.join(points) or 'none'}")
+    old = swap_specs(model, plan.specs, where=where or str(plan))
+    try:
+        yield model
+    finally:
+        for name, spec in old.items():
+            model.selectors[name].spec = spec
+
+
+def running_plan(model: nn.Module) -> SelectionPlan | None:
+    """The fixed plan the selectors run now, with the model's settings (None: no selectors)."""
+    if not len(getattr(model, "selectors", ())):
+        return None
+    settings = model.plan.settings if getattr(model, "plan", None) is not None else {}
+    return SelectionPlan(specs=tuple(sel.spec for sel in model.selectors.values()), **settings)
+
+
+def _check_ends(model: nn.Module, plan: SelectionPlan) -> None:
+    """ValueError unless the low and high ends of an elastic plan of the model's points both fit."""
+    for u, end in ((0.0, "low end"), (1.0, "high end")):
+        point = plan.at(u)
+        old = swap_specs(model, [spec for spec in point.specs if spec.name in model.selectors],
+                          where=f"{point}, the {end} of {plan}")
+        for name, spec in old.items():
+            model.selectors[name].spec = spec
+
+
+def swap_specs(model: nn.Module, specs, *, where: str | None = None) -> dict[str, SelectorSpec]:
+    """Low level (`set_plan`, `at_plan`, `stts.budget`): give the selectors named by these fixed specs
+    those specs (others keep theirs), each checked against the map the earlier ones leave
+    (`check_selection`); returns every selector's previous spec, to put back. On a ValueError (naming
+    `where`, default the specs) the old specs are back in place."""
+    old = {name: sel.spec for name, sel in model.selectors.items()}
+    specs = sorted(specs, key=lambda spec: spec.order)
+    where = where or "-".join(map(str, specs))
+    try:
+        for spec in specs:
+            if spec.name not in model.selectors:
+                raise ValueError(f"it has no selector {spec.name} (its points: {'-'.join(model.selectors) or 'none'})")
+            sel = model.selectors[spec.name]
+            if spec.kind != sel.letter:
+                raise ValueError(f"{spec} is {KINDS[spec.kind]} selection; the model's {spec.name} is {sel.kind}")
+            sel.spec = spec
+            if hasattr(model, "check_selection"):
+                model.check_selection(spec)
+            _check_policy(model, spec, sel.policy)  # e.g. "change" needs 2 frames: not after T0_k1
+    except ValueError as e:
+        for name, spec in old.items():
+            model.selectors[name].spec = spec
+        raise ValueError(f"cannot run {where} in {type(model).__name__}: {e}") from None
+    return old
 
 
 def _insert_in_order(selectors: nn.ModuleDict, name: str, sel: nn.Module) -> None:

@@ -208,7 +208,7 @@ def test_patch_places_selectors_anywhere():
     assert list(model.selectors) == ["T2", "S3", "S10"]
     assert model.selectors["S3"].scorer.dim == 384 and model.selectors["T2"].scorer.dim == 2 * 192
     assert model.grid_before(11) == (3, 5, 5)
-    with pytest.raises(ValueError, match="already selects tokens"):
+    with pytest.raises(ValueError, match="already selects tokens at T0-S4"):
         stts.create_model("mvit_b_16x4_stts_t0.5_s0.7", selection="T0_0.5")
 
 

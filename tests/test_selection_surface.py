@@ -59,7 +59,7 @@ def test_place_errors_name_the_place():
         swin.selection_dim(4)
 
 
-def test_a_published_variant_takes_its_own_specs_with_other_settings():
+def test_a_published_variant_takes_its_own_points_with_other_amounts_and_settings():
     small = dict(embed_dim=16, img_size=112, num_classes=3)
     with torch.device("meta"):
         own = stts.create_model("mvit_b_16x4_stts_t0.5_s0.7", **small)
@@ -71,5 +71,8 @@ def test_a_published_variant_takes_its_own_specs_with_other_settings():
         # A plan string restates the specs and keeps the variant's settings.
         text = stts.create_model("mvit_b_16x4_stts_t0.5_s0.7", selection="T0_0.5-S4_0.7367", **small)
         assert text.plan == own.plan
-        with pytest.raises(ValueError, match=r"already selects tokens \(T0_0.5-S4_0.7367\).*got T0_0.5-S4_0.7\)"):
-            stts.create_model("mvit_b_16x4_stts_t0.5_s0.7", selection=parse_plan("T0_0.5-S4_0.7"), **small)
+        # Other amounts at its points (what stts.set_plan gives, and its checkpoints record) keep its settings.
+        other = stts.create_model("mvit_b_16x4_stts_t0.5_s0.7", selection="T0_0.25-S4_0.5", **small)
+        assert str(other.plan) == "T0_0.25-S4_0.5" and other.plan.settings == own.plan.settings
+        with pytest.raises(ValueError, match=r"already selects tokens at T0-S4 \(T0_0.5-S4_0.7367\).*got T0_0.5\)"):
+            stts.create_model("mvit_b_16x4_stts_t0.5_s0.7", selection=parse_plan("T0_0.5"), **small)

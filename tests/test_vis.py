@@ -313,6 +313,19 @@ def test_visualize_cli_run_config_classes_and_dense(tmp_path, videos, capsys):
     assert any(f"predicted {c}" in stdout for c in ("abseiling", "bowling", "cycling"))
     assert "4/8 frames kept" in stdout  # T0_0.5 on 4 temporal tokens of 2 frames
     assert (tmp_path / "v" / "clip.png").is_file() and not (tmp_path / "v" / "clip.gif").exists()
+    # Other amounts at its selection points (stts.set_plan), or the plan that fits a cost on these clips.
+    code = main(["visualize", "--checkpoint", str(ckpt), videos["good"], "--out", str(tmp_path / "s"), "--no-gif",
+                 "--selection", "T0_0.25-S1_0.3"])
+    assert code == 0 and "2/8 frames kept" in capsys.readouterr().out
+    from stts.flops import count_flops
+
+    target = count_flops(stts.create_model("mvit_b_16x4", **{**TINY_MVIT, "selection": "T0_k3-S1_a2"}),
+                         (1, 3, 8, 32, 32)).gflops
+    code = main(["visualize", "--checkpoint", str(ckpt), videos["good"], "--out", str(tmp_path / "g"), "--no-gif",
+                 "--gflops", repr(target)])
+    stdout = capsys.readouterr().out
+    picked = stts.plan_for(stts.load_model(ckpt), gflops=target, input_size=(3, 8, 32, 32))
+    assert code == 0 and f"running {picked}\n" in stdout and f"{2 * picked.specs[0].keep}/8 frames kept" in stdout
 
     dense = {k: v for k, v in TINY_MVIT.items() if k != "selection"}
     stts.save_model(stts.create_model("mvit_b_16x4", **dense), tmp_path / "dense.pt")

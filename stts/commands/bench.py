@@ -4,10 +4,14 @@
     stts bench mvit_b_16x4 mvit_b_16x4_stts_t0.9_s0.9 --device cuda --batch-size 32 --dtype bfloat16
     stts bench mvit_b_16x4 mvit_b_16x4:T0_0.5-S4_0.7 --frames 8 --size 112 --json   # NAME:PLAN adds a plan
     stts bench mvit_b_16x4 mvit_b_16x4:T0_0.5-S4_0.7@change mvit_b_16x4_stts_t0.5_s0.7@uniform  # @POLICY scores
+    stts bench mvit_b_16x4 mvit_b_16x4_stts_t0.5_s0.7:T0_0.3-S4_0.6   # a published model at another budget
+    stts bench mvit_b_16x4 mvit_b_16x4_stts_t0.5_s0.7 --gflops 20     # ... at the budget that fits 20 GFLOPs
 
 Models run round-robin (one call of each in turn, `--repeats` rounds, after `--warmup` calls each), so
 drifts of the machine (clock, thermals, other jobs) hit every model alike; latency is the median.
-GFLOPs are multiply-adds per clip (stts.flops, the papers' convention).
+GFLOPs are multiply-adds per clip (stts.flops, the papers' convention). --gflops X runs every model that
+has selection points at the plan of the largest counted cost at most X (stts.plan_for; models without
+run as they are: the dense baseline).
 """
 
 from __future__ import annotations
@@ -31,16 +35,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per model first")
     parser.add_argument("--kwargs", default="{}", help="JSON builder kwargs for every model")
+    parser.add_argument("--gflops", type=float, default=None, metavar="X",
+                        help="run each model with selection points at the plan of the largest counted cost <= X")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def run(args) -> int:
     import torch
 
-    from stts.commands.flops import build_for_clip, parse_kwargs
+    from stts.commands.flops import build_for_clip, parse_kwargs, pick_for_gflops
     from stts.engine.distributed import parse_device
     from stts.flops import count_flops
     from stts.measure import median, time_round_robin
+    from stts.patch import running_plan
 
     for option in ("batch_size", "repeats", "warmup", "threads"):
         minimum = 1 if option in ("batch_size", "repeats") else 0
@@ -54,8 +61,11 @@ def run(args) -> int:
     for spec in args.models:
         spec, _, policy = spec.partition("@")
         name, _, plan = spec.partition(":")
-        models.append(build_for_clip(name, selection=plan or None, policy=policy or None, frames=args.frames,
-                                     size=args.size, **kwargs).eval())
+        model = build_for_clip(name, selection=plan or None, policy=policy or None, frames=args.frames,
+                               size=args.size, **kwargs).eval()
+        if args.gflops is not None and len(getattr(model, "selectors", ())):
+            pick_for_gflops(model, args.gflops)
+        models.append(model)
     models = [m.to(device) for m in models]
     C, T, H, W = models[0].input_size
     torch.manual_seed(0)
@@ -69,9 +79,9 @@ def run(args) -> int:
     rows = []
     for name, m, g, ts in zip(args.models, models, gflops, times):
         lat = median(ts)
-        plan = getattr(m, "plan", None)
-        selects = plan is not None and len(plan)
-        rows.append({"model": name, "plan": str(plan) if selects else None, "policy": plan.policy if selects else None,
+        plan = running_plan(m)  # what it runs (an elastic plan: its middle)
+        rows.append({"model": name, "plan": str(plan) if plan is not None else None,
+                     "policy": plan.policy if plan is not None else None,
                      "gflops": g, "latency_ms": 1e3 * lat, "clips_per_s": args.batch_size / lat})
     for r in rows:
         r["speedup"] = rows[0]["latency_ms"] / r["latency_ms"]

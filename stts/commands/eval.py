@@ -4,13 +4,22 @@
     stts eval --checkpoint runs/t05/best.pt data.num_temporal_views=5  # settings saved in the checkpoint
     stts eval --checkpoint mvit.safetensors data.root=... data.val_annotations=val.csv
     stts eval --checkpoint dense.pt model.selection=T0_0.5-S4_0.7 model.policy=uniform   # a baseline
+    stts eval --checkpoint elastic.pt model.selection=T0_0.3-S4_0.6    # same points, another budget
+    stts eval --checkpoint elastic.pt --plans T0_0.25,T0_0.5,T0_0.75    # several budgets, one pass
+    stts eval --checkpoint elastic.pt --gflops 20                       # the budget that fits 20 GFLOPs
     torchrun --nproc_per_node 8 -m stts eval CONFIG.yaml               # views sharded, results gathered
 
 Writes a JSON report (eval.report, default <output_dir>/eval_<split>.json) and prints a summary.
 Without CONFIG the checkpoint's own run config is the base (training checkpoints carry it; a
 save_model / exported file carries only its model, so give the data with data.* overrides).
-model.selection / model.policy are honoured: a checkpoint of another plan is evaluated under the
-config's plan, and the summary says which scorers start untrained (a dense checkpoint has none).
+model.selection / model.policy are honoured: at other amounts of the checkpoint's selection points the
+checkpoint's model runs them with its trained scorers (stts.set_plan); a plan of other points is built
+from the config and given the checkpoint's weights, and the summary says which scorers start untrained
+(a dense checkpoint has none). An elastic checkpoint runs the middle of its ranges unless told.
+--plans P1,P2,... evaluates several fixed plans of the model's points in one pass over the data (each
+clip decoded once) and writes one JSON (default <output_dir>/eval_<split>_plans.json) with top-1/top-5,
+GFLOPs and measured throughput per plan, and an accuracy-vs-GFLOPs PNG beside it. --gflops X runs the
+plan of the largest counted cost at most X GFLOPs per view (stts.plan_for).
 
 Checkpoints are read safely (tensors and plain data only); --trust-checkpoint unpickles one the safe
 loader refuses, which runs any code a crafted file carries: only for files you trust.
@@ -25,6 +34,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
                         help="an optional YAML run config, then overrides such as eval.split=val")
     parser.add_argument("--checkpoint", metavar="PATH", help="weights to evaluate (= eval.checkpoint=PATH)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--plans", metavar="P1,P2,...",
+                        help="several fixed plans of the model's selection points, evaluated in one pass over the "
+                             "data (e.g. T0_0.25,T0_0.5,T0_0.75)")
+    budget.add_argument("--gflops", type=float, metavar="X",
+                        help="run the plan of the model's points with the largest counted cost <= X GFLOPs/view")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle a checkpoint that the safe (weights-only) loader refuses. RISK: a "
                              "crafted file runs code as it loads; only for files you trust")
@@ -48,8 +63,10 @@ def base_config(ckpt: dict) -> dict | None:
         own_plan = model_entry(build["model"]).plan
     except ValueError:  # an unknown name: validation names it
         own_plan = None
-    if selection and own_plan is None:  # a dense name with a plan added (create_model(selection=...))
-        plan = SelectionPlan.from_dict(selection)
+    plan = SelectionPlan.from_dict(selection) if selection else None
+    # A dense name with a plan added (create_model(selection=...)), or a published variant saved at other
+    # amounts of its points (stts.set_plan): the plan it was saved with is the one to evaluate.
+    if plan is not None and (own_plan is None or plan.specs != own_plan.specs):
         model.update(selection=str(plan), policy=plan.policy)
     data = {}
     if isinstance(kwargs.get("num_frames"), int):
@@ -90,5 +107,10 @@ def run(args) -> int:
         source = config or f"{args.checkpoint} ({described})"
         raise DataError(f"no data to evaluate: {source} names no {split} annotations; give "
                         f"data.val_annotations=FILE (and data.root=DIR, data.classes_file=FILE) or a CONFIG.yaml")
-    run_eval(cfg, trust_checkpoint=args.trust_checkpoint, ckpt=ckpt)
+    plans = None
+    if args.plans is not None:
+        plans = [p.strip() for p in args.plans.split(",") if p.strip()]
+        if not plans:
+            raise UsageError(f"--plans {args.plans!r}: give plans separated by commas, e.g. T0_0.25,T0_0.5")
+    run_eval(cfg, trust_checkpoint=args.trust_checkpoint, ckpt=ckpt, plans=plans, gflops=args.gflops)
     return 0

@@ -4,13 +4,19 @@
     stts flops mvit_b_16x4 --selection T0_0.5-S4_0.7 --json
     stts flops mvit_b_16x4 --selection T0_0.5-S4_0.7 --policy change   # training-free: its distances, no scorers
     stts flops mvit_b_16x4 --frames 32 --size 256      # another clip shape
+    stts flops mvit_b_16x4_stts_t0.5_s0.7 --selection T0_0.3-S4_0.6   # another budget at its points
+    stts flops mvit_b_16x4 --selection T0_0.25:0.75-S4_0.6:1.0         # elastic: low end, middle, high end
+    stts flops mvit_b_16x4_stts_t0.5_s0.7 --gflops 20  # the plan of the largest cost <= 20 GFLOPs
 
 The model is built for the clip (--frames, --size) and run on the meta device (shapes only), in eval
 mode, so selectors take their hard top-K and the blocks after them are counted at their reduced size.
 --frames and --size must be positive multiples of the model's patch stride (its token grid), and
---batch-size at least 1; a plan that does not fit the clip is an error naming it. For a published model the
-zoo's figures come along: `official_gflops` (fvcore on the authors' code, the yardstick) and
-`readme_gflops` (the authors' README; two MViT figures there cannot be reproduced by their code).
+--batch-size at least 1; a plan that does not fit the clip is an error naming it. --selection at a
+published model's own selection points gives other amounts; an elastic plan (ranges) is counted at its
+middle, with its low and high ends listed. --gflops X picks the plan of the model's selection points (an
+elastic plan: within its ranges) whose counted cost is the largest at most X (stts.plan_for). For a
+published model the zoo's figures come along: `official_gflops` (fvcore on the authors' code, the
+yardstick) and `readme_gflops` (the authors' README; two MViT figures there cannot be reproduced by their code).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ def add_arguments(parser) -> None:
                         help="clip length T, a multiple of the temporal patch stride (default: the model's)")
     parser.add_argument("--size", type=int, default=None,
                         help="crop size H = W, a multiple of the spatial patch stride (default: the model's)")
+    parser.add_argument("--gflops", type=float, default=None, metavar="X",
+                        help="the plan of the model's selection points with the largest counted cost <= X GFLOPs")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--kwargs", default="{}", help="JSON builder kwargs, e.g. '{\"num_classes\": 174}'")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -82,13 +90,33 @@ def _patch_stride(model) -> tuple[int, int, int] | None:
     return tuple(stride) if stride is not None and len(stride) == 3 else None
 
 
+def pick_for_gflops(model, gflops: float, input_size=None):
+    """`--gflops X` on a built model: `stts.set_plan(model, stts.plan_for(model, X))`; UsageError naming the
+    option when the model has no selection points or no plan fits. -> the plan."""
+    from stts.budget import plan_for
+    from stts.patch import set_plan
+
+    if gflops <= 0:
+        raise UsageError(f"--gflops {gflops:g}: must be > 0")
+    if not len(getattr(model, "selectors", ())):
+        raise UsageError(f"--gflops {gflops:g}: {getattr(model, 'model_name', type(model).__name__)} has no selection "
+                         "points to set amounts for; give a plan (--selection, e.g. a range T0_0.25:1.0) or an STTS model")
+    try:
+        plan = plan_for(model, gflops, input_size=input_size)
+    except ValueError as e:
+        raise UsageError(f"--gflops {gflops:g}: {e}") from None
+    set_plan(model, plan)
+    return plan
+
+
 def flops_report(name: str, *, selection: str | None = None, policy: str | None = None, frames: int | None = None,
-                 size: int | None = None, batch_size: int = 1, **kwargs) -> dict:
+                 size: int | None = None, batch_size: int = 1, gflops: float | None = None, **kwargs) -> dict:
     """GFLOPs, parameters and zoo figures of a registered model, as plain data."""
     import torch
 
     from stts.flops import count_flops
     from stts.models.zoo import ZOO
+    from stts.patch import at_plan, running_plan
 
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be >= 1")
@@ -101,13 +129,16 @@ def flops_report(name: str, *, selection: str | None = None, policy: str | None 
         default = (3, frames, size, size)
     C, T, H, W = default
     shape = (batch_size, C, T, H, W)
+    if gflops is not None:
+        pick_for_gflops(model, gflops, input_size=default)
     fc = count_flops(model, shape)
-    plan = getattr(model, "plan", None)
+    plan, running = getattr(model, "plan", None), running_plan(model)
     selectors = sum(p.numel() for n, p in model.named_parameters() if n.startswith("selectors."))
     report = {
         "model": name,
-        "selection": str(plan) if plan is not None and len(plan) else None,
-        "policy": plan.policy if plan is not None and len(plan) else None,
+        "selection": str(running) if running is not None else None,
+        "policy": running.policy if running is not None else None,
+        **({"target_gflops": gflops} if gflops is not None else {}),
         "input_shape": list(shape),
         "gflops": fc.gflops,
         "scorer_gflops": fc.scorer_gflops,
@@ -115,9 +146,15 @@ def flops_report(name: str, *, selection: str | None = None, policy: str | None 
         "scorer_params": selectors,
         "gflops_by_operator": {k: v / 1e9 for k, v in sorted(fc.by_operator.items())},
     }
+    if plan is not None and plan.elastic:  # the ranges' ends and middle (the model runs the middle)
+        report["elastic"] = str(plan)
+        report["points"] = {}
+        for tag, u in (("lo", 0.0), ("mid", 0.5), ("hi", 1.0)):
+            with at_plan(model, plan.at(u)):
+                report["points"][tag] = {"plan": str(plan.at(u)), "gflops": count_flops(model, shape).gflops}
     zoo = ZOO.get(name)
     # The zoo's figures describe the published configuration only: same plan, default clip, batch 1.
-    published = selection is None and policy in (None, "learned") and not kwargs
+    published = selection is None and policy in (None, "learned") and gflops is None and not kwargs
     if zoo is not None and published and frames is None and size is None and batch_size == 1:
         report["zoo"] = {
             "official_gflops": zoo.official_gflops,
@@ -143,7 +180,7 @@ def parse_kwargs(text: str) -> dict:
 
 def run(args) -> int:
     report = flops_report(args.model, selection=args.selection, policy=args.policy, frames=args.frames, size=args.size,
-                          batch_size=args.batch_size, **parse_kwargs(args.kwargs))
+                          batch_size=args.batch_size, gflops=args.gflops, **parse_kwargs(args.kwargs))
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
@@ -155,6 +192,10 @@ def run(args) -> int:
             f"{report['gflops']:.2f} GFLOPs ({scoring} {report['scorer_gflops']:.3f}), "
             f"{report['params'] / 1e6:.2f} M params")
     print(line)
+    if "target_gflops" in report:
+        print(f"  --gflops {report['target_gflops']:g}: the largest counted cost at most the target")
+    for tag, p in report.get("points", {}).items():
+        print(f"  elastic {report['elastic']}, {tag}: {p['plan']} {p['gflops']:.2f} GFLOPs")
     zoo = report.get("zoo")
     if zoo:
         readme = f"{zoo['readme_gflops']:.1f}" if zoo["readme_gflops"] is not None else "-"

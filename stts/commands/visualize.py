@@ -4,15 +4,20 @@
     stts visualize --checkpoint mvit_stts.safetensors clip.mp4 --frames 16 --size 224 --no-gif
     stts visualize --checkpoint runs/t05/best.pt clip.mp4 --policy change           # what a policy keeps instead
     stts visualize --checkpoint dense.pt clip.mp4 --selection T0_0.5-S4_0.7 --policy saliency   # training-free
+    stts visualize --checkpoint elastic.pt clip.mp4 --selection T0_0.3-S4_0.6   # another budget, same scorers
+    stts visualize --checkpoint elastic.pt clip.mp4 --gflops 20                 # the budget that fits 20 GFLOPs
 
 Each video is decoded and transformed as the model was evaluated: the checkpoint's run config (training
 checkpoints carry it: num_frames, sampling, short side / crop, mean/std) or, without one, the model's
 own input size with Kinetics defaults; --frames, --size, --sampling-rate override. One centred clip,
 centre crop. Prints the predicted class (named when the checkpoint, its config or --classes give names)
 and the files written. A video that cannot be read is reported and skipped; the exit status is 1 when
-no video worked. A model without selectors still gets pictures, every frame kept. --policy scores the
-selectors by a training-free policy (stts.policies) instead of the checkpoint's; --selection adds a plan
-to a dense checkpoint (scored by --policy; without one its scorers would be untrained).
+no video worked. A model without selectors still gets pictures, every frame kept. --selection runs other
+amounts at the checkpoint's selection points with its trained scorers (stts.set_plan; an elastic
+checkpoint runs the middle of its ranges otherwise), or adds a plan to a dense checkpoint (scored by a
+training-free --policy; without one its scorers would be untrained). --policy scores the selectors by a
+training-free policy (stts.policies) instead of the checkpoint's. --gflops X runs the plan of the
+largest counted cost at most X on the clips drawn (stts.plan_for; within an elastic plan's ranges).
 The checkpoint is read safely (tensors and plain data only); --trust-checkpoint unpickles one the safe
 loader refuses, which runs any code a crafted file carries: only for files you trust.
 """
@@ -39,9 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames between taken frames at the target fps (default: config)")
     parser.add_argument("--classes", default=None, metavar="FILE", help="class names, one per line")
     parser.add_argument("--selection", default=None, metavar="PLAN",
-                        help="selection plan added to a dense checkpoint, e.g. T0_0.5-S4_0.7 (give --policy too)")
+                        help="other amounts at the checkpoint's selection points (e.g. T0_0.3-S4_0.6: its trained "
+                             "scorers stay), or a plan added to a dense checkpoint (give --policy too)")
     parser.add_argument("--policy", default=None, metavar="NAME",
                         help="score the selectors by a training-free policy: uniform | random | change | saliency")
+    parser.add_argument("--gflops", type=float, default=None, metavar="X",
+                        help="the plan of the model's selection points with the largest counted cost <= X GFLOPs")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle a checkpoint that the safe (weights-only) loader refuses. RISK: a "
@@ -49,25 +57,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _select_by(model, args):
-    """The checkpoint's model with --selection added (a dense checkpoint) and its selectors scored by
-    --policy; UsageError naming the option."""
-    from stts.patch import patch, set_policy
+    """The checkpoint's model as --selection and --policy ask; UsageError naming the option.
+
+    --selection at the checkpoint's own selection points: other amounts, its trained scorers kept
+    (stts.set_plan); on a dense checkpoint: the plan added, scored by a training-free --policy.
+    --policy: every selector scored by that policy (stts.set_policy)."""
+    from stts.patch import patch, set_plan, set_policy
 
     plan = getattr(model, "plan", None)
+    option, value = "--selection", args.selection
     try:
         if args.selection:
             if plan is not None and len(plan):
-                raise ValueError(f"the checkpoint already selects tokens ({plan}); --selection adds a plan to a "
-                                 "dense checkpoint (use --policy to score its selectors otherwise)")
-            if args.policy in (None, "learned"):
-                raise ValueError("a dense checkpoint has no trained scorers: give a training-free --policy "
-                                 "(uniform, random, change, saliency)")
-            return patch(model, args.selection, policy=args.policy)
+                set_plan(model, args.selection)
+            else:
+                if args.policy in (None, "learned"):
+                    raise ValueError("a dense checkpoint has no trained scorers: give a training-free --policy "
+                                     "(uniform, random, change, saliency)")
+                return patch(model, args.selection, policy=args.policy)
+        option, value = "--policy", args.policy
         if args.policy:
             return set_policy(model, args.policy)
     except (TypeError, ValueError) as e:
-        option = "--selection" if args.selection else "--policy"
-        raise UsageError(f"{option} {args.selection or args.policy}: {e}") from None
+        raise UsageError(f"{option} {value}: {e}") from None
     return model
 
 
@@ -133,6 +145,8 @@ def run(args) -> int:
     import torch
 
     from stts.checkpoint import load_model, read_checkpoint
+    from stts.commands.flops import pick_for_gflops
+    from stts.patch import running_plan
     from stts.data.datasets import resolve_sampling
     from stts.data.decode import DecodeError, decode_frames
     from stts.data.sampling import sample_indices
@@ -144,15 +158,18 @@ def run(args) -> int:
     ckpt = read_checkpoint(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
     model = load_model(ckpt, name=args.checkpoint)  # the file is read once, above
     model = _select_by(model, args)
-    model.to(device).eval()
     cfg, source = _data_config(ckpt, model, args)  # a bad --frames / --size is a ConfigError naming it
+    if args.gflops is not None:  # the cost of the clips drawn here
+        picked = pick_for_gflops(model, args.gflops, input_size=(3, cfg.num_frames, cfg.crop_size, cfg.crop_size))
+        print(f"--gflops {args.gflops:g}: running {picked}")
+    model.to(device).eval()
     num_classes = getattr(model, "num_classes", 0)
     names = _class_names(ckpt, cfg, args, num_classes)
     selective = "return_selections" in inspect.signature(model.forward).parameters
     if not (selective and len(getattr(model, "selectors", ()))):
         print("note: the model has no selectors; every frame is drawn as kept")
-    plan = getattr(model, "plan", None)
-    if plan is not None and len(plan):
+    plan = running_plan(model)  # what it runs (an elastic plan: its middle, unless --selection / --gflops)
+    if plan is not None:
         print(f"selection: {plan}, {plan.policy} policy")
     sampling = resolve_sampling(cfg, cfg.format)
     print(f"clips: {cfg.num_frames} frames ({sampling}, rate {cfg.sampling_rate}), short side "

@@ -39,9 +39,9 @@ def selection_plan(cfg) -> SelectionPlan | None:
                 **({"sigma": m.sigma} if m.sigma is not None else {}),
                 **({"jacobian": m.jacobian} if m.jacobian else {}),
                 **({"variance_reduction": m.variance_reduction} if m.variance_reduction else {})}
-    if m.selection:
-        return parse_plan(m.selection, **settings)
     own = model_entry(m.name).plan
+    if m.selection:  # a published variant's other amounts start from its own settings
+        return parse_plan(m.selection, **{**(own.settings if own is not None else {}), **settings})
     return own.with_settings(**settings) if own is not None else None
 
 

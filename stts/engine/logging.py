@@ -102,6 +102,9 @@ def train_summary(s: dict) -> str:
         f"  best val top-1 {best}   last train loss {s['last_loss']:.4f}",
         f"  GFLOPs per view {s['gflops']:.4g}  (input {s['input_shape']})",
     ]
+    if s.get("points"):  # an elastic plan: its middle is what the model runs unless told otherwise
+        lines.append("  elastic      " + ", ".join(f"{tag} {p['plan']} {p['gflops']:.4g} GFLOPs"
+                                                    for tag, p in s["points"].items()))
     if s.get("stopped_early"):
         lines.append(f"  stopped at train.max_steps={s['step']}; continue with train.resume=auto")
     if "skipped_samples" in s:
@@ -119,13 +122,40 @@ def train_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def eval_plans_summary(r: dict, path) -> str:
+    """The end-of-evaluation screen of `stts eval --plans`: one row per plan."""
+    first = r["plans"][0]
+    lines = [
+        "=" * 72,
+        f"stts eval --plans: {r['model']}  ({r['checkpoint']})" + (f", elastic {r['elastic']}" if r.get("elastic") else "")
+        + (f", {r['policy']} policy" if r.get("policy") else ""),
+        f"  {r['split']}: {first['videos']} of {first['num_videos']} videos, {r['views_per_video']} views each"
+        f" ({r.get('sampling', 'clip')} sampling, {r['average']} averaged), decoded once for "
+        f"{len(r['plans'])} plans; skipped {first['skipped_videos']}",
+        f"  {'plan':<28} {'top-1':>7} {'top-5':>7} {'GFLOPs/view':>12} {'clips/s':>9}",
+    ]
+    for p in r["plans"]:
+        lines.append(f"  {p['plan'] or 'dense':<28} {p['top1']:>7.2f} {p['top5']:>7.2f} {p['gflops_per_view']:>12.4g} "
+                     f"{p['clips_per_s']:>9.1f}" + (f"  ({p['nonfinite_views']} views non-finite)"
+                                                    if p.get("nonfinite_views") else ""))
+    lines.append(f"  throughput: model time only, plans interleaved batch by batch ({r['world_size']} process(es), "
+                 f"{r['device']}, amp {r['amp']})")
+    if r.get("note"):
+        lines.append(f"  {r['note']}")
+    lines += [f"  report       {path}" + (f", {r['figure']}" if r.get("figure") else " (no figure: matplotlib missing)"),
+              "=" * 72]
+    return "\n".join(lines)
+
+
 def eval_summary(r: dict, path) -> str:
     """The end-of-evaluation screen."""
 
     policy = f"  policy {r['policy']}" if r.get("policy") else ""
     lines = [
         "=" * 72,
-        f"stts eval: {r['model']}  plan {r['plan'] or 'dense'}{policy}  ({r['checkpoint']})",
+        f"stts eval: {r['model']}  plan {r['plan'] or 'dense'}{policy}"
+        + (f" (the middle of elastic {r['elastic']}; --plans runs others)" if r.get("elastic") else "")
+        + f"  ({r['checkpoint']})",
         f"  {r['split']}: {r['videos']} of {r['num_videos']} videos, {r['views_per_video']} views each"
         f" ({r.get('sampling', 'clip')} sampling, {r['average']} averaged); skipped {r['skipped_videos']}",
         f"  top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  mean per-class {r['mean_class_acc']:.2f}%",

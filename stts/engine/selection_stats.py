@@ -9,10 +9,13 @@ temporal: how often each input frame is kept; anchor: how often each anchor posi
 anchor centre (fraction of the map height/width); token: kept tokens per input frame. Each kind's
 counting, summary and line live together in one small class (`_KIND_STATS`, keyed by `Selection.kind`).
 Counts stay on the selections' device (no GPU sync per step) until `state()` / `reduce()`; `state()` is
-plain data, stored in training checkpoints.
+plain data, stored in training checkpoints. Each (selector, geometry) is counted apart, so the budgets
+of elastic training (another number of frames kept, another anchor size) each get their own line.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -107,10 +110,15 @@ class SelectionStats:
     def update(self, selections: dict) -> None:
         for name, sel in selections.items():
             hist, n, kept, centre, size = _KIND_STATS[sel.kind].count(sel)
-            d = self.data.setdefault(name, {"kind": sel.kind, "thw_in": tuple(sel.thw_in), "kept": kept, "n": 0,
-                                            "hist": 0, "centre": 0, "size": 0})
-            for key, value in zip(self._SUMS, (hist, centre, size)):
-                d[key] = torch.as_tensor(d[key], device=value.device) + value
+            # One entry per selector and geometry: an elastic run's budgets change what a selector is given
+            # and keeps (histograms of another length), so each amount is counted on its own.
+            thw_out = tuple(sel.thw_out) if sel.thw_out is not None else ()
+            key = f"{name}|{_grid(sel.thw_in)}>{_grid(thw_out)}|{sel.scores.shape[-1]}"
+            d = self.data.setdefault(key, {"name": name, "kind": sel.kind, "thw_in": tuple(sel.thw_in),
+                                           "thw_out": thw_out, "kept": kept, "n": 0, "hist": 0, "centre": 0,
+                                           "size": 0})
+            for k, value in zip(self._SUMS, (hist, centre, size)):
+                d[k] = torch.as_tensor(d[k], device=value.device) + value
             d["n"] += n
 
     def state(self) -> dict:
@@ -131,7 +139,27 @@ class SelectionStats:
         return SelectionStats(merged)
 
     def summary(self) -> dict:
-        return {name: _KIND_STATS[d["kind"]].summary(d, max(d["n"], 1)) for name, d in self.state().items()}
+        """{selector name: its statistics}; a selector seen with several geometries (an elastic run's
+        budgets) gets one entry per geometry, "T0 4x8x8->2x8x8", fewest kept first."""
+        state = self.state()
+        by_name: dict[str, list] = {}
+        for key, d in state.items():
+            by_name.setdefault(d.get("name", key), []).append(d)
+        out = {}
+        for name, entries in by_name.items():
+            if len(entries) == 1:
+                out[name] = _KIND_STATS[entries[0]["kind"]].summary(entries[0], max(entries[0]["n"], 1))
+                continue
+            for d in sorted(entries, key=lambda d: (math.prod(d.get("thw_out") or (0,)), d["thw_in"], len(d["hist"]))):
+                label = f"{name} {_grid(d['thw_in'])}->{_grid(d.get('thw_out') or ())}"
+                if label in out:  # the same grids, another anchor stride
+                    label += f" ({len(d['hist'])} positions)"
+                out[label] = _KIND_STATS[d["kind"]].summary(d, max(d["n"], 1))
+        return out
+
+
+def _grid(thw) -> str:
+    return "x".join(str(int(v)) for v in thw)
 
 
 def format_selections(summary: dict) -> str:

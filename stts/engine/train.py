@@ -14,6 +14,13 @@ The published STTS schedule lives in two places: `set_backbone_trainable` (durin
 `optim.backbone_lr_mult` x lr afterwards). Sigma decays linearly to 0 over all steps. A model without
 scorers (dense, or scored by a training-free policy: stts.policies) has no scorer warm-up.
 
+Elastic plans (`model.selection: T0_0.25:0.75-S4_0.6:1.0`): each optimizer step runs one budget, drawn by
+`stts.budget.sample_plan` from (train.seed, step) alone, for all its micro-batches and on every rank
+(`at_plan` around the forward); the schedule, the warm-up and resume are untouched (a resumed step draws
+what it drew before). Validation runs the ranges' low end, middle and high end in one pass over the data
+(val_top1_lo / _mid / _hi); val_top1 and the `best` rule are the middle's, the point an elastic
+checkpoint runs by default.
+
 Resume is exact: last.pt holds model, optimizer, scaler, the step within the epoch and every rank's
 RNG states; the data order is a function of (seed, epoch) and each item of (seed, epoch, index), so
 the resumed run skips the batches already done and draws what the uninterrupted run would have drawn.
@@ -49,21 +56,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
+from stts.budget import sample_plan
 from stts.config import to_dict
 from stts.engine import distributed as D
 from stts.engine.build import amp_dtype_for, build_model
 from stts.engine.checkpoint import (find_resume, load_finetune, load_training_state, rng_state, save_training_state,
                                     set_rng_state)
-from stts.engine.evaluate import evaluate
+from stts.engine.evaluate import evaluate, evaluate_plans
 from stts.engine.logging import RunLogger, train_summary
 from stts.engine.optim import build_optimizer, get_lr, is_scorer_param, set_backbone_trainable, set_lr
 from stts.engine.selection_stats import SelectionStats, format_selections
 from stts.errors import BadDataError, ConfigError, DataError, NonFiniteError
 from stts.flops import count_flops
+from stts.patch import at_plan
 from stts.selectors import get_selectors, set_sigma
 from stts.topk import linear_sigma_schedule, noise_seed
 
-__all__ = ["train", "seed_everything", "noise_seeds"]
+__all__ = ["train", "seed_everything", "noise_seeds", "elastic_points"]
 
 
 def train(cfg, *, trust_checkpoint: bool = False) -> dict:
@@ -101,13 +110,18 @@ def _train(cfg, env: D.DistEnv, trust_checkpoint: bool = False) -> dict:
     # A dense model has no noise to schedule: sigma is then neither set nor logged.
     sigma0 = (cfg.model.sigma if cfg.model.sigma is not None else selectors[0].sigma) if selectors else 0.0
     input_shape = (1, *train_ds.video_shape)
-    gflops = count_flops(model, input_shape).gflops
+    gflops = count_flops(model, input_shape).gflops  # an elastic plan's: its middle (what it runs by default)
+    points = elastic_points(model)  # {"lo": plan, "mid": ..., "hi": ...} of an elastic plan, else {}
+    point_gflops = {}
+    for tag, point in points.items():
+        with at_plan(model, point):
+            point_gflops[tag] = count_flops(model, input_shape).gflops
 
     # Per-rank randomness (drop path, mixup) must differ between ranks; selector noise is per clip.
     seed_everything(t.seed + 1000 * env.rank)
     mix_gen = torch.Generator().manual_seed(t.seed + 1000 * env.rank)
     setup = _Setup(cfg, env, out, log, model, optimizer, scaler, mix_gen, loader, val_loader, amp_dtype,
-                   steps_per_epoch, bool(selectors))
+                   steps_per_epoch, bool(selectors), points)
     run = _RunState(sigma=sigma0)
     run.new_epoch(device)
     if resume is not None:
@@ -116,7 +130,9 @@ def _train(cfg, env: D.DistEnv, trust_checkpoint: bool = False) -> dict:
         log.info(f"train.resume=auto: no {out / 'last.pt'} yet, starting fresh")
     if env.main:
         _write_run_config(out, cfg)
-    log.info(f"{cfg.model.name} plan {getattr(model, 'plan', None) or 'dense'}: {gflops:.4g} GFLOPs/view at "
+    elastic = (" (elastic: a budget drawn per step; " + ", ".join(
+        f"{tag} {p} {point_gflops[tag]:.4g}" for tag, p in points.items()) + " GFLOPs)") if points else ""
+    log.info(f"{cfg.model.name} plan {getattr(model, 'plan', None) or 'dense'}{elastic}: {gflops:.4g} GFLOPs/view at "
              f"{input_shape}; {len(train_ds)} clips, {steps_per_epoch} steps/epoch x {t.epochs} epochs, "
              f"global batch {t.batch_size * t.accum_steps * env.world_size}, {env.world_size} process(es) on "
              f"{device}, amp {amp_dtype or 'off'}; scorer-only warm-up {scorer_warmup} epoch(s)")
@@ -137,6 +153,8 @@ def _train(cfg, env: D.DistEnv, trust_checkpoint: bool = False) -> dict:
             set_lr(optimizer, run.lr, backbone_frozen=frozen)
             run.sigma = linear_sigma_schedule(run.step, total_steps, sigma0) if t.sigma_decay else sigma0
             set_sigma(raw, run.sigma)
+            # Elastic: this step's budget, a function of (seed, step) only: the same on every rank, on resume.
+            run.plan = sample_plan(raw, seed=t.seed, step=run.step) if points else None
             for micro in range(t.accum_steps):
                 batch = next(batches)
                 x = batch["video"].to(device, non_blocking=True)  # (B, C, T, H, W)
@@ -147,7 +165,8 @@ def _train(cfg, env: D.DistEnv, trust_checkpoint: bool = False) -> dict:
                     x, target = mix(x, y, generator=mix_gen)
                 if env.ddp:  # only the last micro-step all-reduces the gradients (the others accumulate)
                     model.require_backward_grad_sync = micro == t.accum_steps - 1
-                with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                with (at_plan(raw, run.plan) if run.plan is not None else nullcontext(),
+                      torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()):
                     logits, selections = model(x, return_selections=True, noise_seeds=seeds)
                 loss = _loss(logits, y, target, cfg.data.label_smoothing) / t.accum_steps
                 scaler.scale(loss).backward()
@@ -181,6 +200,8 @@ def _train(cfg, env: D.DistEnv, trust_checkpoint: bool = False) -> dict:
         stopped = bool(t.max_steps and run.step >= t.max_steps)
 
     summary = _summary(setup, run, total_steps=total_steps, gflops=gflops, input_shape=input_shape)
+    if points:
+        summary["points"] = {tag: {"plan": str(p), "gflops": point_gflops[tag]} for tag, p in points.items()}
     log.info("\n" + train_summary(summary))
     log.close()
     return summary
@@ -204,6 +225,7 @@ class _RunState:
     best_epoch: int | None = None
     sigma: float = 0.0
     lr: float = 0.0
+    plan: object = None  # the fixed plan of the current step (elastic runs), else None
     last_loss: float = float("nan")
     t_start: float = field(default_factory=time.time)
     saved: int | None = None  # the step the last.pt on disk holds (None: none yet)
@@ -260,6 +282,16 @@ class _Setup:
     amp_dtype: torch.dtype | None
     steps_per_epoch: int
     has_selectors: bool
+    points: dict  # an elastic plan's {"lo", "mid", "hi"} fixed plans, validated at each epoch's end; else {}
+
+
+def elastic_points(model: nn.Module) -> dict:
+    """{"lo": plan.at(0), "mid": plan.at(0.5), "hi": plan.at(1)} of the model's elastic plan; {} if fixed.
+    Validation runs all three and `best` follows "mid" (what an elastic checkpoint runs by default)."""
+    plan = getattr(model, "plan", None)
+    if plan is None or not plan.elastic:
+        return {}
+    return {"lo": plan.at(0.0), "mid": plan.at(0.5), "hi": plan.at(1.0)}
 
 
 def noise_seeds(seed: int, step: int, index: Tensor) -> Tensor:
@@ -450,6 +482,7 @@ def _log_window(s: _Setup, run: _RunState, window: _Window, bar) -> None:
         run.last_loss = D.all_reduce_mean(window.loss.item() / window.n, s.env.device)
     clips_s = window.n * t.accum_steps * t.batch_size * s.env.world_size / (time.perf_counter() - window.t0)
     s.log.metrics("train", {"loss": run.last_loss, "lr": run.lr, **({"sigma": run.sigma} if s.has_selectors else {}),
+                            **({"plan": str(run.plan)} if run.plan is not None else {}),
                             "clips_per_s": clips_s, "epoch": run.epoch + run.epoch_step / s.steps_per_epoch}, run.step)
     bar.set_postfix(loss=f"{run.last_loss:.4f}", lr=f"{run.lr:.2e}", clips_s=f"{clips_s:.1f}")
 
@@ -565,18 +598,27 @@ def _end_epoch(s: _Setup, run: _RunState, frozen: bool) -> None:
     if s.val_loader is not None and (run.epoch % t.eval_every == 0 or run.epoch == t.epochs):
         # Validation draws no random numbers the training sees (a random-policy selector would):
         # the last.pt just written holds the state training continues from.
+        val = dict(num_videos=s.val_loader.dataset.num_videos, num_classes=s.val_loader.dataset.num_classes,
+                   device=device, amp_dtype=s.amp_dtype)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            res = evaluate(s.model, s.val_loader, num_videos=s.val_loader.dataset.num_videos,
-                           num_classes=s.val_loader.dataset.num_classes, device=device, amp_dtype=s.amp_dtype)
+            if s.points:  # elastic: the range's low end, middle and high end, in one pass over the data
+                at_points = dict(zip(s.points, evaluate_plans(s.model, s.val_loader, list(s.points.values()), **val)))
+                res = at_points["mid"]
+            else:
+                res = evaluate(s.model, s.val_loader, **val)
         record.update({f"val_{k}": res[k] for k in ("top1", "top5", "mean_class_acc", "skipped_videos",
                                                     "padded_views", "nonfinite_views")})
+        if s.points:
+            record.update({f"val_top1_{tag}": r["top1"] for tag, r in at_points.items()},
+                          val_plans={tag: str(p) for tag, p in s.points.items()})
         if run.best is None or res["top1"] > run.best:
             run.best, run.best_epoch = res["top1"], run.epoch
             if env.main:  # weights + build config only: what evaluation and export need
                 save_training_state(s.out / "best.pt", s.model, config=to_dict(s.cfg), epoch=run.epoch,
                                     best=run.best, best_epoch=run.epoch, selections=res["selections"])
             _save_last(s, run)  # again, so that a resumed run knows the new best
-        msg += f", val top-1 {res['top1']:.2f} top-5 {res['top5']:.2f} (best {run.best:.2f} @ {run.best_epoch})"
+        ends = (f" at mid (lo {at_points['lo']['top1']:.2f}, hi {at_points['hi']['top1']:.2f})" if s.points else "")
+        msg += f", val top-1 {res['top1']:.2f}{ends} top-5 {res['top5']:.2f} (best {run.best:.2f} @ {run.best_epoch})"
         for key, what in (("padded_views", "padded"), ("nonfinite_views", "with non-finite logits (wrong)")):
             if res[key]:
                 msg += f", {res[key]} val views {what}"

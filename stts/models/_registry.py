@@ -12,8 +12,8 @@ checkpoint reading (official keys -> ours, official configs -> a model).
     model = create_model("mvit_b_16x4", num_classes=400, selection="T0_0.5-S4_0.7")
 
 A published STTS variant carries its plan with the settings it was trained with (`entry.plan`);
-`create_model(name, selection=plan)` accepts a plan for it whose specs are the variant's (the settings
-may differ: a checkpoint records them) and refuses any other. Importing `stts.models` registers every
+`create_model(name, selection=plan)` accepts a plan for it with the variant's selection points (other
+amounts, as `stts.set_plan` gives, or other settings: a checkpoint records both) and refuses any other. Importing `stts.models` registers every
 backbone module, so every name and family is known once this package is imported.
 """
 
@@ -111,16 +111,17 @@ def model_entry(name: str) -> ModelEntry:
 
 def _plan(entry: ModelEntry, selection: Any) -> SelectionPlan | None:
     """The plan `create_model` adds: `selection` for a dense name; for a published variant its own plan,
-    or `selection` if it keeps the same specs (a plan string then takes the variant's settings)."""
+    or `selection` if it has the same selection points (a plan string then takes the variant's settings)."""
     if selection is None:
         return entry.plan
     if entry.plan is None:
         return parse_plan(selection)
     plan = selection if isinstance(selection, SelectionPlan) else parse_plan(selection, **entry.plan.settings)
-    if plan.specs != entry.plan.specs:
-        raise ValueError(f"{entry.name!r} already selects tokens ({entry.plan}); selection= may change its settings "
-                         f"(sigma, jacobian, ...) but not what it keeps (got {plan}): pass another plan with a "
-                         "dense model such as the one it was built from")
+    if plan.points != entry.plan.points:
+        raise ValueError(f"{entry.name!r} already selects tokens at {'-'.join(entry.plan.points)} ({entry.plan}); "
+                         f"selection= may change how much they keep and the settings (sigma, jacobian, ...) but "
+                         f"not where it selects (got {plan}): pass another plan with a dense model such as the "
+                         "one it was built from")
     return plan
 
 
@@ -132,8 +133,8 @@ def create_model(name: str, *, pretrained: str | None = None, selection: Any = N
         name: a name from `list_models()`.
         pretrained: local path of a checkpoint (stts, PySlowFast `.pyth`, mmaction, safetensors).
         selection: a plan ("T0_0.5-S4_0.7" or a SelectionPlan with its settings) added with `stts.patch`.
-            A published STTS variant carries its own plan: selection= may then only restate its specs
-            (a SelectionPlan with other settings, e.g. the ones a checkpoint saved).
+            A published STTS variant carries its own plan: selection= may then only give other amounts
+            or settings for its selection points (e.g. what a checkpoint saved after `stts.set_plan`).
         strict: fail on missing or unexpected checkpoint keys; False to fine-tune a dense checkpoint
             into an STTS model (the scorers then start fresh).
         trust_checkpoint: unpickle a `pretrained` file that the safe (weights-only) loader refuses.

@@ -3,6 +3,7 @@
     logits = model(x)                                    # x (B, C_in, T, H, W) -> (B, num_classes)
     logits, kept = model(x, return_selections=True)      # kept: {"T0": Selection, ...}
     model.selection_dim(4), model.grid_before(4)         # channels and (T, H, W) grid entering place 4
+    model.grid_at(spec)                                  # the (T, H, W) map that selector is given
     model.check_selection(spec)                          # ValueError if the spec cannot run there
 
 A "place" is where a plan's index points: a block (MViT, ViT) or a stage (Swin), `selection_place`.
@@ -95,12 +96,23 @@ class VideoClassifier(nn.Module):
             thw = self._grid_after_place(i, thw)
         return thw
 
+    def grid_at(self, spec, input_size: tuple | None = None) -> Thw:
+        """The (T, H, W) map the selector of `spec` (a SelectorSpec) is given: the grid entering its place
+        after the selectors in the model that run before it (earlier places, and at its own place the
+        earlier kinds: T before S before K)."""
+        thw = self.grid_before(spec.before, input_size)
+        for sel in self.selectors.values():
+            if sel.before == spec.before and sel.spec.order < spec.order:
+                thw = sel.out_grid(thw)
+        return thw
+
     def check_selection(self, spec) -> None:
         """Raise ValueError if `spec` (a SelectorSpec) cannot run at the default input size: no such place
         (`selection_dim`), more frames or tokens kept than there are, an anchor larger than the map, or
-        what the backbone's own `check_anchor` forbids. The message names the map it would see."""
+        what the backbone's own `check_anchor` forbids. The message names the map it would see (`grid_at`:
+        the selectors in the model before it have run)."""
         self.selection_dim(spec.before)
-        T, H, W = self.grid_before(spec.before)
+        T, H, W = self.grid_at(spec)
         where = (f"before {self.selection_place} {spec.before} of {type(self).__name__} the map is {T}x{H}x{W} "
                  f"(T x H x W) for the default {self.input_size[1]}x{self.input_size[2]}x{self.input_size[3]} input")
         if spec.kind == "S":
