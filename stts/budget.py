@@ -49,22 +49,23 @@ _COSTS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary
 def point_choices(model: nn.Module, spec: SelectorSpec, earlier=()) -> list[SelectorSpec]:
     """The fixed specs `spec` allows where it selects in `model` (fewest tokens first): its distinct
     kept counts at the map it sees there (`SelectorSpec.choices`) that the backbone accepts
-    (`check_selection`). earlier: the fixed specs the selectors before it run (default: theirs now).
+    (`check_selection`) and the selectors' policy can score (e.g. "change" needs 2 frames).
+    earlier: the fixed specs the selectors before it run (default: theirs now).
     A fixed spec gives [spec] if it fits, else []."""
     old = swap_specs(model, earlier)
     try:
         thw = model.grid_at(spec)
-        fits = []
-        for choice in spec.choices(thw):
-            try:
-                model.check_selection(choice)
-            except ValueError:
-                continue
-            fits.append(choice)
-        return fits
     finally:
-        for name, s in old.items():
-            model.selectors[name].spec = s
+        _put_back(model, old)
+    fits = []
+    for choice in spec.choices(thw):
+        try:
+            old = swap_specs(model, [*earlier, choice])  # every rule patch and set_plan apply
+        except ValueError:
+            continue
+        _put_back(model, old)
+        fits.append(choice)
+    return fits
 
 
 def sample_plan(model: nn.Module, plan: "SelectionPlan | str | None" = None, *, seed: int, step: int) -> SelectionPlan:
@@ -197,11 +198,16 @@ def _every(model: nn.Module, name: str, earlier) -> SelectorSpec:
     try:
         T, H, W = model.grid_at(spec)
     finally:
-        for n, s in old.items():
-            model.selectors[n].spec = s
+        _put_back(model, old)
     n = {"T": T, "S": min(H, W), "K": T * H * W}[spec.kind]
     amount = {"anchor_size": 1, "anchor_stride": spec.anchor_stride} if spec.kind == "S" else {"keep": 1}
     return SelectorSpec(spec.kind, spec.before, **amount, high=n if n > 1 else None)
+
+
+def _put_back(model: nn.Module, old: dict) -> None:
+    """Give the selectors back the specs `swap_specs` returned."""
+    for name, spec in old.items():
+        model.selectors[name].spec = spec
 
 
 def _describe(specs) -> str:

@@ -430,3 +430,19 @@ def test_flops_and_bench_run_other_amounts_and_the_plan_for_a_cost(capsys):
     dense, elastic = json.loads(capsys.readouterr().out)["results"]
     assert dense["plan"] is None and elastic["plan"] == str(picked)
     assert elastic["gflops"] == pytest.approx(cost(str(picked)), rel=1e-12)
+
+
+def test_budgets_respect_a_training_free_policys_needs():
+    """"change" compares neighbouring frames: no budget may leave the selector after T0 one frame."""
+    dense = stts.create_model("mvit_b_16x4", num_classes=3, num_frames=8, img_size=32, **TINY_MVIT).eval()
+    with pytest.raises(ValueError, match="low end .* the change policy needs 2 frames"):
+        stts.patch(dense, "T0_0.25:1.0-S1_0.4:0.9", policy="change")  # T0_0.25 keeps 1 of 4
+    model = stts.patch(dense, "T0_0.5-S1_0.6", policy="change")
+    with pytest.raises(ValueError, match="the change policy needs 2 frames"):
+        stts.set_plan(model, "T0_k1-S1_a4")
+    assert str(model.plan) == "T0_0.5-S1_0.6"
+    one_frame = count_flops(tiny("T0_k1-S1_a8").eval(), (1, *CLIP)).total / 1e9  # learned: scorers cost more
+    picked = stts.plan_for(model, gflops=one_frame)
+    assert picked.specs[0].keep >= 2 and picked.policy == "change"
+    stts.set_plan(model, picked)
+    assert count_flops(model, (1, *CLIP)).total / 1e9 <= one_frame
