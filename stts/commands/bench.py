@@ -43,7 +43,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import torch
 
-    from stts.commands.flops import build_for_clip, parse_kwargs, pick_for_gflops
+    from stts.commands.flops import build_for_clip, parse_kwargs
+    from stts.engine.build import set_plan_for_gflops
     from stts.engine.distributed import parse_device
     from stts.flops import count_flops
     from stts.measure import median, time_round_robin
@@ -64,7 +65,7 @@ def run(args) -> int:
         model = build_for_clip(name, selection=plan or None, policy=policy or None, frames=args.frames,
                                size=args.size, **kwargs).eval()
         if args.gflops is not None and len(getattr(model, "selectors", ())):
-            pick_for_gflops(model, args.gflops)
+            set_plan_for_gflops(model, args.gflops)
         models.append(model)
     models = [m.to(device) for m in models]
     C, T, H, W = models[0].input_size

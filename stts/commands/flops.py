@@ -90,30 +90,12 @@ def _patch_stride(model) -> tuple[int, int, int] | None:
     return tuple(stride) if stride is not None and len(stride) == 3 else None
 
 
-def pick_for_gflops(model, gflops: float, input_size=None):
-    """`--gflops X` on a built model: `stts.set_plan(model, stts.plan_for(model, X))`; UsageError naming the
-    option when the model has no selection points or no plan fits. -> the plan."""
-    from stts.budget import plan_for
-    from stts.patch import set_plan
-
-    if gflops <= 0:
-        raise UsageError(f"--gflops {gflops:g}: must be > 0")
-    if not len(getattr(model, "selectors", ())):
-        raise UsageError(f"--gflops {gflops:g}: {getattr(model, 'model_name', type(model).__name__)} has no selection "
-                         "points to set amounts for; give a plan (--selection, e.g. a range T0_0.25:1.0) or an STTS model")
-    try:
-        plan = plan_for(model, gflops, input_size=input_size)
-    except ValueError as e:
-        raise UsageError(f"--gflops {gflops:g}: {e}") from None
-    set_plan(model, plan)
-    return plan
-
-
 def flops_report(name: str, *, selection: str | None = None, policy: str | None = None, frames: int | None = None,
                  size: int | None = None, batch_size: int = 1, gflops: float | None = None, **kwargs) -> dict:
     """GFLOPs, parameters and zoo figures of a registered model, as plain data."""
     import torch
 
+    from stts.engine.build import set_plan_for_gflops
     from stts.flops import count_flops
     from stts.models.zoo import ZOO
     from stts.patch import at_plan, running_plan
@@ -130,7 +112,7 @@ def flops_report(name: str, *, selection: str | None = None, policy: str | None 
     C, T, H, W = default
     shape = (batch_size, C, T, H, W)
     if gflops is not None:
-        pick_for_gflops(model, gflops, input_size=default)
+        set_plan_for_gflops(model, gflops, input_size=default)
     fc = count_flops(model, shape)
     plan, running = getattr(model, "plan", None), running_plan(model)
     selectors = sum(p.numel() for n, p in model.named_parameters() if n.startswith("selectors."))

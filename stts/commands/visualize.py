@@ -145,7 +145,7 @@ def run(args) -> int:
     import torch
 
     from stts.checkpoint import load_model, read_checkpoint
-    from stts.commands.flops import pick_for_gflops
+    from stts.engine.build import set_plan_for_gflops
     from stts.patch import running_plan
     from stts.data.datasets import resolve_sampling
     from stts.data.decode import DecodeError, decode_frames
@@ -160,7 +160,7 @@ def run(args) -> int:
     model = _select_by(model, args)
     cfg, source = _data_config(ckpt, model, args)  # a bad --frames / --size is a ConfigError naming it
     if args.gflops is not None:  # the cost of the clips drawn here
-        picked = pick_for_gflops(model, args.gflops, input_size=(3, cfg.num_frames, cfg.crop_size, cfg.crop_size))
+        picked = set_plan_for_gflops(model, args.gflops, input_size=(3, cfg.num_frames, cfg.crop_size, cfg.crop_size))
         print(f"--gflops {args.gflops:g}: running {picked}")
     model.to(device).eval()
     num_classes = getattr(model, "num_classes", 0)

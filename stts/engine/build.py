@@ -1,9 +1,10 @@
-"""What a run config builds, for training and evaluation alike: the model with its selection plan, and
-the autocast dtype.
+"""What a run config builds, for training and evaluation alike: the model with its selection plan, the
+autocast dtype, and the plan a cost target picks (`--gflops`).
 
     plan = selection_plan(cfg)              # model.selection (or the variant's own) + the config's settings
     model = build_model(cfg, num_classes)   # create_model(cfg.model.name, selection=plan, ...)
     amp = amp_dtype_for(cfg.train.amp, device)
+    plan = set_plan_for_gflops(model, 20.0)  # `--gflops 20` of eval / bench / flops / visualize
 
 The selector settings travel one way, set once: run config (model.num_samples, sigma, jacobian,
 variance_reduction, policy) -> `SelectionPlan` -> `create_model` -> each selector's constructor; the
@@ -15,11 +16,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stts.errors import ConfigError
+from stts.budget import plan_for
+from stts.errors import ConfigError, UsageError
 from stts.models import create_model, model_entry
+from stts.patch import set_plan
 from stts.plan import SelectionPlan, parse_plan
 
-__all__ = ["build_model", "selection_plan", "amp_dtype_for"]
+__all__ = ["build_model", "selection_plan", "amp_dtype_for", "set_plan_for_gflops"]
 
 
 def amp_dtype_for(mode: str, device: torch.device) -> torch.dtype | None:
@@ -61,3 +64,20 @@ def build_model(cfg, num_classes: int) -> nn.Module:
 def _input_kwargs(cfg) -> dict:
     """Clip size the backbone is built for (position embeddings depend on it): the data's."""
     return {"num_frames": cfg.data.num_frames, "img_size": cfg.data.crop_size}
+
+
+def set_plan_for_gflops(model: nn.Module, gflops: float, input_size: tuple | None = None) -> SelectionPlan:
+    """`--gflops X` (eval, bench, flops, visualize): `stts.set_plan(model, stts.plan_for(model, X))` at
+    `input_size` (C, T, H, W; default the model's). UsageError naming the option when X is not positive,
+    the model has no selection points, or no plan of them costs at most X. -> the plan."""
+    if not gflops > 0:
+        raise UsageError(f"--gflops {gflops:g}: must be > 0")
+    if not len(getattr(model, "selectors", ())):
+        raise UsageError(f"--gflops {gflops:g}: {getattr(model, 'model_name', type(model).__name__)} has no selection "
+                         "points to set amounts for; give it a plan (e.g. a range T0_0.25:1.0) or use an STTS model")
+    try:
+        plan = plan_for(model, gflops, input_size=input_size)
+    except ValueError as e:
+        raise UsageError(f"--gflops {gflops:g}: {e}") from None
+    set_plan(model, plan)
+    return plan

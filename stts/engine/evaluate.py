@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from stts.checkpoint import load_model
 from stts.engine import distributed as D
-from stts.engine.build import amp_dtype_for, build_model, selection_plan
+from stts.engine.build import amp_dtype_for, build_model, selection_plan, set_plan_for_gflops
 from stts.engine.logging import eval_plans_summary, eval_summary
 from stts.engine.selection_stats import SelectionStats
 from stts.errors import CheckpointError, ConfigError, UsageError
@@ -36,7 +36,7 @@ from stts.patch import at_plan, running_plan, set_plan
 from stts.plan import parse_plan
 from stts.weights import load_state_dict_checked, read_checkpoint
 
-__all__ = ["aggregate_views", "accuracy_metrics", "evaluate", "evaluate_plans", "eval_model", "run_eval", "pick_plan"]
+__all__ = ["aggregate_views", "accuracy_metrics", "evaluate", "evaluate_plans", "eval_model", "run_eval"]
 
 
 def aggregate_views(index: Tensor, scores: Tensor, num_videos: int, average: str = "logits") -> tuple[Tensor, Tensor]:
@@ -256,7 +256,7 @@ def run_eval(cfg, *, checkpoint: str | None = None, trust_checkpoint: bool = Fal
         model, note = eval_model(cfg, ckpt, ckpt_path, ds.num_classes)
         del ckpt
         if gflops is not None:
-            picked = pick_plan(model, gflops, input_size=ds.video_shape)
+            picked = set_plan_for_gflops(model, gflops, input_size=ds.video_shape)
             note = (note + "; " if note else "note: ") + f"--gflops {gflops:g} picked {picked}"
         points = [_fixed_plan(model, p) for p in plans] if plans else [None]
         model = model.to(env.device)
@@ -303,20 +303,6 @@ def run_eval(cfg, *, checkpoint: str | None = None, trust_checkpoint: bool = Fal
         return report
     finally:
         D.cleanup()
-
-
-def pick_plan(model: nn.Module, gflops: float, input_size=None):
-    """`--gflops X`: set the model to `plan_for(model, X)` (UsageError naming the option if none fits)."""
-    from stts.budget import plan_for
-
-    if gflops <= 0:
-        raise UsageError(f"--gflops {gflops:g}: must be > 0")
-    try:
-        plan = plan_for(model, gflops, input_size=input_size)
-    except ValueError as e:
-        raise UsageError(f"--gflops {gflops:g}: {e}") from None
-    set_plan(model, plan)
-    return plan
 
 
 def _fixed_plan(model: nn.Module, text: str):
