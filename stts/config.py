@@ -80,6 +80,11 @@ class TrainConfig:
     progress: bool = True  # tqdm bar (rank 0)
     tensorboard: bool = True
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    # Distillation (stts.engine.distill): a frozen teacher's softened logits join the loss,
+    # (1 - w) * CE + w * T^2 * KL. "" = off; "finetune" = the model.finetune checkpoint; or a checkpoint path.
+    distill_from: str = ""
+    distill_weight: float = 0.5  # w
+    distill_temperature: float = 1.0  # T
 
 
 @dataclass
@@ -275,6 +280,12 @@ def validate(cfg: RunConfig, sources: dict | None = None, *, check_paths: bool =
     check("train.output_dir", bool(t.output_dir), "must not be empty")
     check("train.resume", t.resume in ("", "auto") or not check_paths or Path(t.resume).is_file(),
           "expected '', auto or an existing file")
+    check("train.distill_from", t.distill_from != "finetune" or bool(m.finetune),
+          "'finetune' takes the teacher from model.finetune, which is not set")
+    check("train.distill_from", t.distill_from in ("", "finetune") or not check_paths or Path(t.distill_from).is_file(),
+          "expected '', finetune or an existing checkpoint")
+    check("train.distill_weight", 0 <= t.distill_weight <= 1, "must be in [0, 1]")
+    check("train.distill_temperature", t.distill_temperature > 0, "must be > 0")
     # --- eval ---
     check("eval.split", e.split in ("val", "test"), "expected 'val' or 'test'")
     check("eval.batch_size", e.batch_size >= 0, "must be >= 0 (0 = train.batch_size)")

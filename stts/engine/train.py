@@ -62,6 +62,7 @@ from stts.engine import distributed as D
 from stts.engine.build import amp_dtype_for, build_model
 from stts.engine.checkpoint import (find_resume, load_finetune, load_training_state, rng_state, save_training_state,
                                     set_rng_state)
+from stts.engine.distill import build_distiller, teacher_path
 from stts.engine.evaluate import evaluate, evaluate_plans
 from stts.engine.logging import RunLogger, train_summary
 from stts.engine.optim import build_optimizer, get_lr, is_scorer_param, set_backbone_trainable, set_lr
@@ -106,6 +107,10 @@ def _train(cfg, env: D.DistEnv, trust_checkpoint: bool = False) -> dict:
     amp_dtype = amp_dtype_for(t.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # bf16 needs no scaling
     mix = _mixup(cfg, train_ds.num_classes)
+    distiller = build_distiller(cfg, train_ds.num_classes, device, amp_dtype, trust_checkpoint=trust_checkpoint)
+    if distiller is not None:
+        log.info(f"distilling from {teacher_path(cfg)}: loss = {1 - t.distill_weight:g} x CE + "
+                 f"{t.distill_weight:g} x T^2 KL, T = {t.distill_temperature:g}")
     selectors = get_selectors(model)
     # A dense model has no noise to schedule: sigma is then neither set nor logged.
     sigma0 = (cfg.model.sigma if cfg.model.sigma is not None else selectors[0].sigma) if selectors else 0.0
@@ -168,7 +173,10 @@ def _train(cfg, env: D.DistEnv, trust_checkpoint: bool = False) -> dict:
                 with (at_plan(raw, run.plan) if run.plan is not None else nullcontext(),
                       torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()):
                     logits, selections = model(x, return_selections=True, noise_seeds=seeds)
-                loss = _loss(logits, y, target, cfg.data.label_smoothing) / t.accum_steps
+                loss = _loss(logits, y, target, cfg.data.label_smoothing)
+                if distiller is not None:  # the teacher sees the same (mixed) clips
+                    loss = distiller.loss(loss, logits, x)
+                loss = loss / t.accum_steps
                 scaler.scale(loss).backward()
                 finite = window.add(loss.detach())  # non-finite losses counted on the device, not averaged
                 run.add(finite, selections, batch)
