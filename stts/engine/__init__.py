@@ -7,6 +7,7 @@
 
 Modules: train (the loop), evaluate (multi-view metrics), build (run config -> plan -> model, AMP
 dtype), selection_stats (what the selectors keep, over batches and ranks), optim (AdamW groups, lr
-schedule, scorer-only warm-up), checkpoint (resume, fine-tune starts, safetensors export), distributed
-(torchrun / DDP helpers), logging (text, JSONL, TensorBoard, summaries). See docs/ARCHITECTURE.md.
+schedule, scorer-only warm-up), distill (a frozen teacher's soft predictions in the loss), checkpoint
+(resume, fine-tune starts, safetensors export), distributed (torchrun / DDP helpers), logging (text,
+JSONL, TensorBoard, summaries). See docs/ARCHITECTURE.md.
 """
