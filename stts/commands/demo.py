@@ -2,60 +2,100 @@
 
     stts demo                                  # ~5 min on 2 CPU cores; writes stts-demo/results.md
     stts demo --seed 1 --out stts-demo-seed1
+    stts demo --hard                           # dense below 100%, against dense fine-tuned the same epochs
     stts demo --clips-per-class 300 --dense-epochs 40 --plan T0_0.375-S1_0.6   # more data, another budget
     stts demo --quick                          # a one-minute smoke run (too short to learn anything)
+
+Options left out take the default demo's value, or with --hard the hard setting's (stts.demo.HARD).
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 
 def add_arguments(parser) -> None:
-    from stts.demo import DemoSettings
+    from stts.demo import HARD, DemoSettings
 
     d = DemoSettings()
-    parser.add_argument("--out", default=d.out_dir, help=f"report and run folder (default {d.out_dir})")
-    parser.add_argument("--seed", type=int, default=d.seed, help="data and training seed")
-    parser.add_argument("--classes", type=int, default=d.num_classes, help="number of classes (colours)")
-    parser.add_argument("--clips-per-class", type=int, default=d.clips_per_class, help="training clips per class")
-    parser.add_argument("--val-clips-per-class", type=int, default=d.val_clips_per_class)
-    parser.add_argument("--size", type=int, default=d.size, help="frame size in pixels")
-    parser.add_argument("--event-size", type=int, default=d.event_size, help="event square size in pixels")
-    parser.add_argument("--plan", default=d.plan, help=f"selection plan of STTS and the baselines ({d.plan})")
-    parser.add_argument("--dense-epochs", type=int, default=d.dense_epochs)
-    parser.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
-    parser.add_argument("--scorer-warmup-epochs", type=int, default=d.scorer_warmup_epochs,
-                        help="of the fine-tuning epochs, how many train the scorers alone")
-    parser.add_argument("--baselines", default=",".join(d.baselines),
-                        help="non-learned policies to compare at the same budget ('' for none)")
-    parser.add_argument("--lr", type=float, default=d.lr, help="dense training learning rate")
-    parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr,
-                        help="fine-tuning learning rate of the scorers (the backbone gets 0.1x)")
-    parser.add_argument("--jacobian", choices=("diagonal", "full"), default=d.jacobian,
-                        help="perturbed top-K gradient estimator (diagonal: the authors')")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
+
+    def default(name: str) -> str:  # "(default X; --hard: Y)"
+        v, h = getattr(d, name), HARD.get(name, getattr(d, name))
+        return f"default {v}" + (f"; --hard: {h}" if h != v else "")
+
+    parser.add_argument("--hard", action="store_true",
+                        help="the hard setting: more classes (colour x shape), the event in 1 frame, less data; "
+                             "adds dense fine-tuned for the same epochs (dense_ft) and trains with the recommended "
+                             "recipe (see stts.demo.HARD)")
+    parser.add_argument("--out", help=f"report and run folder ({default('out_dir')})")
+    parser.add_argument("--seed", type=int, help="data and training seed (default 0)")
+    parser.add_argument("--classes", type=int, help=f"number of classes, colours then shapes ({default('num_classes')})")
+    parser.add_argument("--clips-per-class", type=int, help=f"training clips per class ({default('clips_per_class')})")
+    parser.add_argument("--val-clips-per-class", type=int, help=f"({default('val_clips_per_class')})")
+    parser.add_argument("--size", type=int, help=f"frame size in pixels ({default('size')})")
+    parser.add_argument("--event-size", type=int, help=f"event shape size in pixels ({default('event_size')})")
+    parser.add_argument("--event-frames", type=int, help=f"frames showing the event ({default('event_frames')})")
+    parser.add_argument("--distractors", type=int, help=f"moving distractors per clip ({default('num_distractors')})")
+    parser.add_argument("--plan", help=f"selection plan of STTS and the baselines ({default('plan')})")
+    parser.add_argument("--dense-epochs", type=int, help=f"({default('dense_epochs')})")
+    parser.add_argument("--finetune-epochs", type=int, help=f"({default('finetune_epochs')})")
+    parser.add_argument("--scorer-warmup-epochs", type=int,
+                        help=f"of the fine-tuning epochs, how many train the scorers alone ({default('scorer_warmup_epochs')})")
+    parser.add_argument("--baselines", help="non-learned policies to compare at the same budget, comma-separated "
+                                            f"('' for none; default {','.join(d.baselines)})")
+    parser.add_argument("--equal-epoch-dense", action=argparse.BooleanOptionalAction, help="also fine-tune dense for the same epochs "
+                        f"with the same schedule (dense_ft) ({default('equal_epoch_dense')})")
+    parser.add_argument("--lr", type=float, help=f"dense training learning rate ({default('lr')})")
+    parser.add_argument("--finetune-lr", type=float, help=f"fine-tuning learning rate of the scorers ({default('finetune_lr')})")
+    parser.add_argument("--backbone-lr-mult", type=float,
+                        help=f"backbone lr while fine-tuning = this x --finetune-lr ({default('backbone_lr_mult')})")
+    parser.add_argument("--distill-weight", type=float, help="weight of the dense model's soft predictions in the "
+                        f"selection models' loss, 0 = off ({default('distill_weight')})")
+    parser.add_argument("--distill-temperature", type=float, help=f"({default('distill_temperature')})")
+    parser.add_argument("--sigma", type=float, help=f"perturbed top-K noise at the start ({default('sigma')})")
+    parser.add_argument("--jacobian", choices=("diagonal", "full"),
+                        help=f"perturbed top-K gradient estimator (diagonal: the authors'; {default('jacobian')})")
+    parser.add_argument("--batch-size", type=int, help=f"({default('batch_size')})")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default 0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 4 clips per class, 1 epoch each")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run(args) -> int:
-    from stts.demo import DemoSettings, run_demo
+# argument -> DemoSettings field, where the names differ
+_FIELDS = {"out": "out_dir", "classes": "num_classes", "distractors": "num_distractors"}
 
-    s = DemoSettings(
-        out_dir=args.out, seed=args.seed, num_classes=args.classes, clips_per_class=args.clips_per_class,
-        val_clips_per_class=args.val_clips_per_class, size=args.size, event_size=args.event_size, plan=args.plan,
-        dense_epochs=args.dense_epochs, finetune_epochs=args.finetune_epochs,
-        scorer_warmup_epochs=args.scorer_warmup_epochs, lr=args.lr, finetune_lr=args.finetune_lr,
-        jacobian=args.jacobian, batch_size=args.batch_size,
-        baselines=tuple(b for b in args.baselines.split(",") if b), threads=args.threads,
-        progress=not args.no_progress,
-    )
+
+def settings_from_args(args):
+    """The DemoSettings the arguments ask for: the default or the hard setting, then every option given."""
+    from dataclasses import fields
+
+    from stts.demo import DemoSettings, hard_settings
+
+    s = hard_settings() if args.hard else DemoSettings()
+    names = {f.name for f in fields(DemoSettings)}
+    for arg, value in vars(args).items():
+        name = _FIELDS.get(arg, arg)
+        if value is None or name not in names:
+            continue
+        if name == "baselines":
+            value = tuple(b for b in value.split(",") if b)
+        setattr(s, name, value)
+    s.progress = not args.no_progress
     if args.quick:
         s.clips_per_class, s.val_clips_per_class = 4, 2
         s.dense_epochs, s.finetune_epochs, s.scorer_warmup_epochs, s.latency_repeats = 1, 2, 1, 3
         s.throughput_batch = 8
-    if not 0 <= s.scorer_warmup_epochs <= s.finetune_epochs:
-        raise SystemExit(f"--scorer-warmup-epochs {s.scorer_warmup_epochs} must be within --finetune-epochs "
-                         f"{s.finetune_epochs}")
+    return s
+
+
+def run(args) -> int:
+    from stts.demo import run_demo
+
+    s = settings_from_args(args)
+    if not 0 <= s.scorer_warmup_epochs < s.finetune_epochs:
+        print(f"error: --scorer-warmup-epochs {s.scorer_warmup_epochs} must be in [0, --finetune-epochs "
+              f"{s.finetune_epochs}) so that the backbone trains too", file=sys.stderr)
+        return 2
     run_demo(s)
     return 0
