@@ -66,13 +66,20 @@ DEMO_FLAGS = {
     "--val-clips-per-class": ("val_clips_per_class", "5", 5),
     "--size": ("size", "48", 48),
     "--event-size": ("event_size", "12", 12),
+    "--event-frames": ("event_frames", "4", 4),
+    "--distractors": ("num_distractors", "1", 1),
     "--plan": ("plan", "T0_0.375-S1_0.5", "T0_0.375-S1_0.5"),
     "--dense-epochs": ("dense_epochs", "3", 3),
     "--finetune-epochs": ("finetune_epochs", "14", 14),
     "--scorer-warmup-epochs": ("scorer_warmup_epochs", "2", 2),
     "--baselines": ("baselines", "random", ("random",)),
+    "--equal-epoch-dense": ("equal_epoch_dense", None, True),
     "--lr": ("lr", "0.005", 0.005),
     "--finetune-lr": ("finetune_lr", "0.004", 0.004),
+    "--backbone-lr-mult": ("backbone_lr_mult", "0.3", 0.3),
+    "--distill-weight": ("distill_weight", "0.25", 0.25),
+    "--distill-temperature": ("distill_temperature", "2.0", 2.0),
+    "--sigma": ("sigma", "0.05", 0.05),
     "--jacobian": ("jacobian", "full", "full"),
     "--batch-size": ("batch_size", "6", 6),
     "--threads": ("threads", "2", 2),
@@ -104,7 +111,8 @@ def _fields(settings) -> dict:
 def test_demo_flags_cover_the_parser():
     sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
     flags = {s for action in sub.choices["demo"]._actions for s in action.option_strings if s.startswith("--")}
-    assert flags - {"--help", "--quick"} == set(DEMO_FLAGS)
+    # --hard picks another set of defaults (tests/test_demo_hard.py); --no-equal-epoch-dense is the off switch
+    assert flags - {"--help", "--quick", "--hard", "--no-equal-epoch-dense"} == set(DEMO_FLAGS)
 
 
 def test_demo_defaults_are_the_settings_defaults(demo_settings):

@@ -12,7 +12,8 @@ Options left out take the default demo's value, or with --hard the hard setting'
 from __future__ import annotations
 
 import argparse
-import sys
+
+from stts.errors import UsageError
 
 
 def add_arguments(parser) -> None:
@@ -94,8 +95,7 @@ def run(args) -> int:
 
     s = settings_from_args(args)
     if not 0 <= s.scorer_warmup_epochs < s.finetune_epochs:
-        print(f"error: --scorer-warmup-epochs {s.scorer_warmup_epochs} must be in [0, --finetune-epochs "
-              f"{s.finetune_epochs}) so that the backbone trains too", file=sys.stderr)
-        return 2
+        raise UsageError(f"--scorer-warmup-epochs {s.scorer_warmup_epochs}: must be in [0, --finetune-epochs "
+                         f"{s.finetune_epochs}) so that the backbone trains too")
     run_demo(s)
     return 0
