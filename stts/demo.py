@@ -53,7 +53,7 @@ class DemoSettings:
     finetune_epochs: int = 12
     scorer_warmup_epochs: int = 6  # of the fine-tuning epochs, scorers alone (backbone frozen)
     lr: float = 1e-3  # dense training
-    finetune_lr: float = 2e-3  # the scorers'; the backbone gets backbone_lr_mult x (a baseline has no scorers: all of it)
+    finetune_lr: float = 2e-3  # the scorers'; the backbone gets backbone_lr_mult x (a baseline: all of it)
     backbone_lr_mult: float = 0.1  # the published 0.1
     finetune_eval_every: int = 1  # epochs between validations while fine-tuning (the report evaluates last.pt)
     batch_size: int = 8
@@ -257,7 +257,8 @@ def _write_report(s: DemoSettings, rows: list[dict], out: Path, pictures: list[s
         f"{s.num_classes * s.val_clips_per_class} validation mp4 files of 16 x {s.size} x {s.size} pixels; the label "
         f"is a coloured {s.event_size}-pixel {'square' if s.num_classes <= len(COLOURS) else 'shape'} shown in "
         f"{s.event_frames} of the 16 frames, among {s.num_distractors} moving distractors. Model `{s.model}`; "
-        f"selection plan `{s.plan}`. CPU ({torch.get_num_threads()} threads): latency at batch 1 (median of {s.latency_repeats}) "
+        f"selection plan `{s.plan}`. CPU ({torch.get_num_threads()} threads): latency at batch 1 (median of "
+        f"{s.latency_repeats}) "
         f"and throughput at batch {s.throughput_batch}; a model this small is bound by per-operator overhead at "
         "batch 1, so throughput shows the saving better.", "",
         "| model | tokens kept | top-1 (%) | event frame kept (%) | event pixels kept (%) | GFLOPs/view | "
@@ -335,7 +336,8 @@ def run_demo(s: DemoSettings) -> dict:
     rows = []
     for name, model in models.items():
         metrics = _evaluate_with_events(model, val, meta, root, (s.size, s.size))
-        rows.append({"name": name, "kind": {"dense": "dense", "dense_ft": "dense", "stts": "stts"}.get(name, "baseline"),
+        kind = {"dense": "dense", "dense_ft": "dense", "stts": "stts"}.get(name, "baseline")
+        rows.append({"name": name, "kind": kind,
                      "plan": str(model.plan) if len(getattr(model, "plan", ()) or ()) else "dense",
                      "token_fraction": _token_fraction(model, input_shape),
                      "gflops": count_flops(model, input_shape).gflops, **speed[name], **metrics})

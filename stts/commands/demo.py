@@ -31,7 +31,8 @@ def add_arguments(parser) -> None:
                              "recipe (see stts.demo.HARD)")
     parser.add_argument("--out", help=f"report and run folder ({default('out_dir')})")
     parser.add_argument("--seed", type=int, help="data and training seed (default 0)")
-    parser.add_argument("--classes", type=int, help=f"number of classes, colours then shapes ({default('num_classes')})")
+    parser.add_argument("--classes", type=int,
+                        help=f"number of classes, colours then shapes ({default('num_classes')})")
     parser.add_argument("--clips-per-class", type=int, help=f"training clips per class ({default('clips_per_class')})")
     parser.add_argument("--val-clips-per-class", type=int, help=f"({default('val_clips_per_class')})")
     parser.add_argument("--size", type=int, help=f"frame size in pixels ({default('size')})")
@@ -41,14 +42,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plan", help=f"selection plan of STTS and the baselines ({default('plan')})")
     parser.add_argument("--dense-epochs", type=int, help=f"({default('dense_epochs')})")
     parser.add_argument("--finetune-epochs", type=int, help=f"({default('finetune_epochs')})")
-    parser.add_argument("--scorer-warmup-epochs", type=int,
-                        help=f"of the fine-tuning epochs, how many train the scorers alone ({default('scorer_warmup_epochs')})")
+    parser.add_argument("--scorer-warmup-epochs", type=int, help="of the fine-tuning epochs, how many train the "
+                        f"scorers alone ({default('scorer_warmup_epochs')})")
     parser.add_argument("--baselines", help="non-learned policies to compare at the same budget, comma-separated "
                                             f"('' for none; default {','.join(d.baselines)})")
-    parser.add_argument("--equal-epoch-dense", action=argparse.BooleanOptionalAction, help="also fine-tune dense for the same epochs "
-                        f"with the same schedule (dense_ft) ({default('equal_epoch_dense')})")
+    parser.add_argument("--equal-epoch-dense", action=argparse.BooleanOptionalAction,
+                        help="also fine-tune dense for the same epochs with the same schedule (dense_ft) "
+                             f"({default('equal_epoch_dense')})")
     parser.add_argument("--lr", type=float, help=f"dense training learning rate ({default('lr')})")
-    parser.add_argument("--finetune-lr", type=float, help=f"fine-tuning learning rate of the scorers ({default('finetune_lr')})")
+    parser.add_argument("--finetune-lr", type=float,
+                        help=f"fine-tuning learning rate of the scorers ({default('finetune_lr')})")
     parser.add_argument("--backbone-lr-mult", type=float,
                         help=f"backbone lr while fine-tuning = this x --finetune-lr ({default('backbone_lr_mult')})")
     parser.add_argument("--distill-weight", type=float, help="weight of the dense model's soft predictions in the "
