@@ -74,6 +74,7 @@ def _sdpa(args, out):
 _RULES = {
     aten.mm.default: ("linear", _mm),
     aten.addmm.default: ("linear", _addmm),
+    aten.addmm_.default: ("linear", _addmm),  # in place: MViT's inference MLP accumulates into its residual
     aten.bmm.default: ("matmul", _bmm),
     aten.baddbmm.default: ("matmul", _baddbmm),
     aten.convolution.default: ("conv", _conv),

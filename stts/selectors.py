@@ -287,9 +287,11 @@ class _Selector(nn.Module):
 
 def _carry_nonfinite(out: Tensor, scores: Tensor) -> Tensor:
     """out (B, L, C) + 0 * (sum of each clip's scores): exactly `out` when the scores are finite, NaN for
-    a clip with a NaN or infinite score (0 * inf is NaN too). Detached: no gradient, no backward cost."""
+    a clip with a NaN or infinite score (0 * inf is NaN too). Detached: no gradient, no backward cost.
+    `out` must be the selector's own fresh buffer: the zero is added in place (no second (B, L, C) buffer;
+    the cat that made it does not need its output for backward)."""
     zero = scores.detach().reshape(scores.shape[0], -1).sum(dim=-1) * 0  # (B,)
-    return out + zero.to(out.dtype)[:, None, None]
+    return out.add_(zero.to(out.dtype)[:, None, None])
 
 
 def _split_prefix(x: Tensor, thw: Thw) -> tuple[Tensor, Tensor]:

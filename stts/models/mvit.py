@@ -222,13 +222,25 @@ class MultiScaleBlock(nn.Module):
             x, _ = self.pool_skip(x, thw, self.num_prefix)
         x = x_attn.add_(x) if inplace else x + self.drop_path(x_attn)
         x_norm = self.norm2(x)
-        if inplace:
-            x_mlp = self.mlp.fc2(torch.ops.aten.gelu_(self.mlp.fc1(x_norm)))  # Mlp.forward, dropout off
-        else:
+        if not inplace:
             x_mlp = self.mlp(x_norm)
+            if self.proj is not None:
+                x = self.proj(x_norm)
+            return x + self.drop_path(x_mlp), new_thw
+        hidden = torch.ops.aten.gelu_(self.mlp.fc1(x_norm))  # (B, N, 4C); Mlp.forward, dropout off
+        # fc2 accumulates straight into the residual (addmm_: residual += hidden @ W2^T, one GEMM with
+        # beta 1), so its output is never allocated, its bias never broadcast-copied, and the final add
+        # is gone: one (B, N, C_out) buffer and two passes over it fewer per block. fc2's bias rides on
+        # proj's where the residual is proj(x_norm), else it is added to the residual (x is our own
+        # buffer here: x_attn above). Same sums in another order (float32 rounding).
+        fc2 = self.mlp.fc2
         if self.proj is not None:
-            x = self.proj(x_norm)
-        return (x_mlp.add_(x) if inplace else x + self.drop_path(x_mlp)), new_thw
+            bias = self.proj.bias + fc2.bias if fc2.bias is not None else self.proj.bias
+            x = F.linear(x_norm, self.proj.weight, bias)  # (B, N, C_out)
+        elif fc2.bias is not None:
+            x = x.add_(fc2.bias)
+        x.view(-1, x.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), fc2.weight.t())
+        return x, new_thw
 
 
 def mvit_block_configs(depth: int, embed_dim: int, num_heads: int, dim_mul, head_mul, pool_q_stride,
@@ -417,18 +429,25 @@ class MViT(VideoClassifier):
             if (T, H, W) != self.patch_grid:
                 spatial, temporal = _resize_sep_pos_embed(spatial, temporal, self.patch_grid, thw)
             # spatial.repeat(T) + temporal.repeat_interleave(H*W), by broadcasting: (1, T, H*W, C)
-            pos = spatial.view(1, 1, H * W, C) + temporal.view(1, T, 1, C)
-            x = (x.reshape(B, T, H * W, C) + pos).view(B, N, C)  # a view when the stem gave channels-last
+            pos = (spatial.reshape(1, 1, H * W, C) + temporal.reshape(1, T, 1, C)).reshape(1, N, C)
             cls_pos = self.pos_embed_class
         else:
             pos = self.pos_embed
             if (T, H, W) != self.patch_grid:
                 pos = _resize_joint_pos_embed(pos, self.num_prefix_tokens, self.patch_grid, thw)
-            x = x + pos[:, self.num_prefix_tokens:]
-            cls_pos = pos[:, :self.num_prefix_tokens]
-        if self.cls_token is not None:
-            x = torch.cat([(self.cls_token + cls_pos).expand(B, -1, -1), x], dim=1)  # (B, 1 + N, C)
-        return x
+            pos, cls_pos = pos[:, self.num_prefix_tokens:], pos[:, :self.num_prefix_tokens]
+        if self.cls_token is None:
+            return x + pos
+        cls = (self.cls_token + cls_pos).expand(B, -1, -1)  # (B, 1, C)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # out= has no autograd, no Dynamo rule
+            return torch.cat([cls, x + pos], dim=1)  # (B, 1 + N, C)
+        # Eager inference: the sum is written straight behind the class token (out=), not added and then
+        # copied by a cat: one pass over the whole clip's tokens and one clip-sized buffer fewer.
+        dtype = torch.promote_types(torch.promote_types(x.dtype, pos.dtype), cls.dtype)  # as add + cat
+        out = x.new_empty(B, 1 + N, C, dtype=dtype)
+        out[:, :1] = cls
+        torch.add(x, pos, out=out[:, 1:])
+        return out
 
     def _embed(self, x: Tensor) -> tuple[Tensor, Thw]:
         x, thw = self.patch_embed(x)  # (B, T*H*W, C)
