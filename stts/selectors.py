@@ -294,6 +294,21 @@ def _carry_nonfinite(out: Tensor, scores: Tensor) -> Tensor:
     return out.add_(zero.to(out.dtype)[:, None, None])
 
 
+def _frames_behind_prefix(prefix: Tensor, frames: Tensor, idx: Tensor) -> Tensor:
+    """cat([prefix, frames[b, idx[b]]]) with the frames' tokens in a row: (B, P, C), (B, T, L, C), (B, K)
+    -> (B, P + K*L, C). Eager inference on one clip (the latency case) copies the kept frames straight
+    behind the prefix (index_select out=): one copy of them instead of two (gather, then cat)."""
+    B, T, L, C = frames.shape
+    K, P = idx.shape[1], prefix.shape[1]
+    if not (torch.compiler.is_compiling() or torch.is_grad_enabled()) and B == 1:  # no guard on B when traced
+        out = frames.new_empty(1, P + K * L, C)
+        out[:, :P] = prefix
+        torch.index_select(frames[0], 0, idx[0], out=out[0, P:].view(K, L, C))
+        return out
+    kept = frames[torch.arange(B, device=frames.device)[:, None], idx]  # (B, K, L, C), as select_frames
+    return torch.cat([prefix, kept.reshape(B, K * L, C)], dim=1)
+
+
 def _split_prefix(x: Tensor, thw: Thw) -> tuple[Tensor, Tensor]:
     T, H, W = thw
     P = x.shape[1] - T * H * W
@@ -332,8 +347,13 @@ class TemporalSelector(_Selector):
             scores = self.frame_scores(tokens)
         else:
             scores = self.policy_scores(tokens.reshape(B, T * H * W, C), thw, k)
-        kept, idx = select_frames(tokens, scores, k, soft=self.soft, **self.topk_kwargs(seeds))
-        out = _carry_nonfinite(torch.cat([prefix, kept.reshape(B, k * H * W, C)], dim=1), scores)  # (B, P + K*H*W, C)
+        if self.soft:
+            kept, idx = select_frames(tokens, scores, k, soft=True, **self.topk_kwargs(seeds))
+            out = torch.cat([prefix, kept.reshape(B, k * H * W, C)], dim=1)
+        else:
+            idx = hard_topk(scores.detach(), k)  # what select_frames takes in eval
+            out = _frames_behind_prefix(prefix, tokens, idx)
+        out = _carry_nonfinite(out, scores)  # (B, P + K*H*W, C)
         new_thw = (k, H, W)
         if return_selection:
             return out, new_thw, Selection(self.kind, tuple(thw), idx, scores.detach(), thw_out=new_thw)

@@ -250,6 +250,9 @@ class MultiScaleBlock(nn.Module):
         # proj's where the residual is proj(x_norm), else it is added to the residual (x is our own
         # buffer here: x_attn above). Same sums in another order (float32 rounding).
         fc2 = self.mlp.fc2
+        if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # addmm_ gets no autocast
+            residual = self.proj(x_norm) if self.proj is not None else x
+            return fc2(hidden).add_(residual), new_thw
         if self.proj is not None:
             bias = self.proj.bias + fc2.bias if fc2.bias is not None else self.proj.bias
             x = _linear(x_norm, self.proj.weight, bias, True)  # (B, N, C_out)
