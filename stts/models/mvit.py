@@ -32,6 +32,7 @@ Modifications against the official code:
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -91,6 +92,52 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, inference: bool) -> 
 # ---------------------------------------------------------------------------------------------------
 
 
+class _DepthwiseConv3d(torch.autograd.Function):
+    """F.conv3d(x, weight, stride, padding, groups=C) (no bias, no dilation) with a CPU backward built
+    from fast kernels. ATen's CPU backward of a depthwise 3D conv is a generic loop: 10-100x the
+    forward, a fifth of an MViT-B training step. Here the input gradient is the stride-1 depthwise
+    conv (oneDNN, as the forward) of the output gradient spread onto the input grid (zeros between
+    the strided positions) with the flipped kernel; the weight gradient is one reduction per kernel
+    tap, sum(grad_out * the input positions that tap reads). Same sums, another order."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, stride: Thw, padding: Thw) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv3d(x, weight, None, stride, padding, 1, x.shape[1])  # (B, C, T', H', W')
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight = ctx.saved_tensors  # (B, C, T, H, W), (C, 1, kt, kh, kw)
+        stride, padding, kernel = ctx.stride, ctx.padding, weight.shape[2:]
+        B, C = x.shape[:2]
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            # Stride-1 output grid (in + 2p - k + 1 per axis), the gradient at every stride-th place.
+            full = tuple(n + 2 * p - k + 1 for n, p, k in zip(x.shape[2:], padding, kernel))
+            T_, H_, W_ = grad_out.shape[2:]
+            spread = grad_out.new_zeros(B, *full, C)  # channels-last
+            st, sh, sw = stride
+            spread[:, ::st, ::sh, ::sw][:, :T_, :H_, :W_] = grad_out.permute(0, 2, 3, 4, 1)
+            grad_x = F.conv3d(spread.permute(0, 4, 1, 2, 3), weight.flip(2, 3, 4), None, 1,
+                              tuple(k - 1 - p for k, p in zip(kernel, padding)), 1, C)  # (B, C, T, H, W)
+        if ctx.needs_input_grad[1]:
+            g = grad_out.permute(0, 2, 3, 4, 1)  # (B, T', H', W', C)
+            xc = x.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C)
+            grad_w = x.new_zeros(C, math.prod(kernel))
+            for i, tap in enumerate(itertools.product(*(range(k) for k in kernel))):
+                # Output positions o whose input o * s + tap - p lies inside the grid (not in the padding).
+                g_idx, x_idx = [slice(None)], [slice(None)]
+                for o_len, n, s, t, p in zip(g.shape[1:4], xc.shape[1:4], stride, tap, padding):
+                    lo, hi = max(0, -((t - p) // s)), min(o_len, (n - 1 - t + p) // s + 1)
+                    g_idx.append(slice(lo, max(hi, lo)))
+                    x_idx.append(slice(lo * s + t - p, (max(hi, lo) - 1) * s + t - p + 1, s))
+                if all(sl.stop > sl.start for sl in g_idx[1:]):
+                    grad_w[:, i] = (g[tuple(g_idx)] * xc[tuple(x_idx)]).sum((0, 1, 2, 3))
+            grad_w = grad_w.view_as(weight)
+        return grad_x, grad_w, None, None
+
+
 class TokenPool(nn.Module):
     """Pool a token grid, prefix (class) tokens bypassing it: (B, P + T*H*W, C) -> (B, P + T'*H'*W', C).
 
@@ -128,7 +175,10 @@ class TokenPool(nn.Module):
             hd = self.weight.shape[0]
             # Channel c of head h uses kernel c % hd: one depthwise conv over all heads.
             weight = self.weight if C == hd else self.weight.repeat(C // hd, 1, 1, 1, 1)  # (C, 1, kt, kh, kw)
-            grid = F.conv3d(grid, weight, None, self.stride, self.padding, 1, C)
+            if grid.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+                grid = _DepthwiseConv3d.apply(grid, weight, self.stride, self.padding)  # same forward, fast backward
+            else:
+                grid = F.conv3d(grid, weight, None, self.stride, self.padding, 1, C)
         elif self.mode == "max":
             grid = F.max_pool3d(grid, self.kernel, self.stride, self.padding)
         else:
