@@ -2,6 +2,7 @@
 
     python benchmarks/mvit_ab.py --rev f04a31d --baseline     # the six published models, 2 threads, 9 rounds
     python benchmarks/mvit_ab.py --rev HEAD~1 --models mvit_b_16x4_stts_t0.4_s0.6 --threads 1 --clock cpu
+    python benchmarks/mvit_ab.py --rev f04a31d --train --threads 1 --clock cpu --repeats 5   # training steps
 
 What a speed change bought, measured the way the issue asks (round-robin in one process, medians): the
 revision's `stts/models/mvit.py` and `stts/selectors.py` are read with `git show` and imported as
@@ -13,6 +14,8 @@ for the official code) in the same rounds: each row then gives the proxy ratio o
 Every model of a round runs once in turn (old, new, proxy), after warm-up calls; logits of old and new
 are compared first. `--clock cpu` times this process's CPU seconds instead of wall-clock (at 1 thread,
 less sensitive to other jobs on a shared machine; meaningless with more threads, which may spin).
+`--train` times training steps instead (train mode, soft selection; cross-entropy, backward, AdamW over
+stts.engine.optim.param_groups, as benchmarks/train_speed.py), old and new in turn; no proxy then.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from stts.engine.optim import param_groups
 from stts.measure import cpu_name, median
 from stts.models import create_model, model_entry
 from stts.patch import patch
@@ -58,6 +63,18 @@ def load_revision(rev: str, out_dir: Path):
     return mods["mvit"], mods["selectors"]
 
 
+def train_step(model):
+    """One training step of `model` on the clip it is given (random label), AdamW over param_groups."""
+    opt = torch.optim.AdamW(param_groups(model, weight_decay=0.05), lr=1e-4)
+
+    def step(x):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), torch.zeros(x.shape[0], dtype=torch.long)).backward()
+        opt.step()
+
+    return step
+
+
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     rev_mvit, rev_selectors = load_revision(args.rev, Path(args.tmp))
@@ -75,15 +92,18 @@ def run(args) -> dict:
         old.load_state_dict(new.state_dict())  # the same scorer weights
         for sel in old.selectors.values():
             sel.__class__ = getattr(rev_selectors, type(sel).__name__)
+        with torch.inference_mode():
+            diffs[name] = (old(x) - new(x)).abs().max().item()
+        if args.train:
+            calls[(name, "old")], calls[(name, "new")] = train_step(old.train()), train_step(new.train())
+            continue
         calls[(name, "old")], calls[(name, "new")] = old, new
         if args.baseline:
             calls[(name, "proxy")] = (lambda m: (lambda inp: pyslowfast_forward(m, inp)))(new)
-        with torch.inference_mode():
-            diffs[name] = (old(x) - new(x)).abs().max().item()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     times = {key: [] for key in calls}
     load_before = os.getloadavg()
-    with torch.inference_mode():
+    with torch.inference_mode(not args.train):
         for fn in calls.values():
             for _ in range(args.warmup):
                 fn(x)
@@ -103,15 +123,16 @@ def run(args) -> dict:
             row.update(proxy_ms=proxy * 1e3, proxy_ratio_old=proxy / old, proxy_ratio_new=proxy / new,
                        proxy_runs_s=times[(name, "proxy")])
         rows.append(row)
-    return dict(meta=dict(rev=args.rev, input=list(x.shape), threads=args.threads, repeats=args.repeats,
+    return dict(meta=dict(rev=args.rev, mode="train" if args.train else "eval", input=list(x.shape),
+                          threads=args.threads, repeats=args.repeats,
                           warmup=args.warmup, clock=args.clock, torch=torch.__version__, cpu=cpu_name(),
                           cores=os.cpu_count(), loadavg_before=load_before, loadavg_after=load_after), rows=rows)
 
 
 def print_table(result: dict) -> None:
     m = result["meta"]
-    print(f"rev {m['rev']} vs working tree; input {'x'.join(map(str, m['input']))}, {m['threads']} threads, "
-          f"{m['repeats']} rounds, {m['clock']} clock, {m['cpu']}; load average before "
+    print(f"rev {m['rev']} vs working tree, {m['mode']}; input {'x'.join(map(str, m['input']))}, "
+          f"{m['threads']} threads, {m['repeats']} rounds, {m['clock']} clock, {m['cpu']}; load average before "
           f"{tuple(round(v, 2) for v in m['loadavg_before'])}, after {tuple(round(v, 2) for v in m['loadavg_after'])}")
     print(f"{'model':<30} {'old ms':>8} {'new ms':>8} {'new/old':>8} {'proxy ms':>9} {'proxy/old':>10} "
           f"{'proxy/new':>10} {'logit diff':>11}")
@@ -132,7 +153,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
-    p.add_argument("--baseline", action="store_true", help="also time the PySlowFast-style proxy")
+    p.add_argument("--baseline", action="store_true", help="also time the PySlowFast-style proxy (eval)")
+    p.add_argument("--train", action="store_true", help="time training steps instead of eval forwards")
     p.add_argument("--tmp", default="/tmp/stts_mvit_ab", help="where the revision's sources are written")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)

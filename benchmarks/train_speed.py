@@ -22,7 +22,8 @@ later blocks run on the K kept frames / anchors / tokens. Random weights and inp
 depend on them). Timing is round-robin: each round runs one step of every model in turn (after warm-up
 steps, which also create the AdamW moments), so the drifts of a shared machine hit all alike; a model's
 figures are medians over rounds and its speed-up is the median over rounds of dense / model measured in
-the same round. Forward, backward and optimizer times are split by clocks around the three calls.
+the same round. Forward, backward and optimizer times are split by clocks around the three calls
+(`--clock cpu`: this process's CPU seconds instead of wall-clock, for 1-thread runs on a busy machine).
 
 FLOPs: stts.flops (fvcore's convention, multiply-adds) of one forward on the meta device, in eval mode
 (hard selection, what `stts flops` reports) and in train mode (soft selection: adds the P @ X products
@@ -109,19 +110,19 @@ def build_group(group: str, args) -> tuple[dict, tuple]:
     return models, shape
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clock=time.perf_counter):
     """One training step of `model`; returns a function giving (forward, backward, optimizer) seconds."""
     opt = torch.optim.AdamW(param_groups(model, weight_decay=0.05), lr=1e-4)
 
     def step() -> tuple[float, float, float]:
-        t0 = time.perf_counter()
+        t0 = clock()
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
-        t1 = time.perf_counter()
+        t1 = clock()
         loss.backward()
-        t2 = time.perf_counter()
+        t2 = clock()
         opt.step()
-        t3 = time.perf_counter()
+        t3 = clock()
         return t1 - t0, t2 - t1, t3 - t2
 
     def saved_bytes() -> int:
@@ -147,7 +148,8 @@ def time_group(models: dict, shape: tuple, args) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g)
     y = torch.randint(0, 400, (shape[0],), generator=g)
-    steps = {label: make_step(m, x, y) for label, m in models.items()}
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    steps = {label: make_step(m, x, y, clock) for label, m in models.items()}
     for step in steps.values():  # warm-up: AdamW moments, oneDNN primitives, allocator
         for _ in range(args.warmup):
             step()
@@ -181,7 +183,8 @@ def time_group(models: dict, shape: tuple, args) -> list[dict]:
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
-    result = dict(meta=dict(threads=args.threads, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
+    result = dict(meta=dict(threads=args.threads, batch=args.batch, clock=args.clock, repeats=args.repeats,
+                            warmup=args.warmup,
                             torch=torch.__version__, cpu=cpu_name(), cores=os.cpu_count(),
                             python=platform.python_version(),
                             mode="train mode (soft selection), float32, random weights, round-robin steps"),
@@ -219,6 +222,8 @@ def main(argv=None) -> int:
     p.add_argument("--swin-frames", type=int, default=32, help="clip length of the swin group (32: published)")
     p.add_argument("--repeats", type=int, default=7, help="timed rounds (one step of each model per round)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: this process's CPU seconds (at 1 thread, less sensitive to other jobs)")
     p.add_argument("--quick", action="store_true", help="smoke run: small clips, 1 round, 1 warm-up step")
     p.add_argument("--json", default="", help="also write the result to this JSON file")
     args = p.parse_args(argv)
