@@ -86,9 +86,8 @@ def run(args) -> dict:
     calls, diffs = {}, {}
     for name in args.models:
         entry = model_entry(name)
-        new = dense if entry.plan is None else patch(copy.deepcopy(dense), entry.plan, **entry.plan_settings).eval()
-        old = dense_rev if entry.plan is None else patch(copy.deepcopy(dense_rev), entry.plan,
-                                                         **entry.plan_settings).eval()
+        new = dense if entry.plan is None else patch(copy.deepcopy(dense), entry.plan).eval()
+        old = dense_rev if entry.plan is None else patch(copy.deepcopy(dense_rev), entry.plan).eval()
         old.load_state_dict(new.state_dict())  # the same scorer weights
         for sel in old.selectors.values():
             sel.__class__ = getattr(rev_selectors, type(sel).__name__)

@@ -85,7 +85,7 @@ def build_group(group: str, args) -> tuple[dict, tuple]:
         models = {"mvit_b_16x4 dense": dense}
         for name in MVIT_PUBLISHED:
             entry = model_entry(name)
-            models[f"{name} ({entry.plan})"] = patch(copy.deepcopy(dense), entry.plan, **entry.plan_settings)
+            models[f"{name} ({entry.plan})"] = patch(copy.deepcopy(dense), entry.plan)
     elif group == "swin":
         frames = 16 if args.quick else args.swin_frames
         size = 112 if args.quick else 224
@@ -94,7 +94,7 @@ def build_group(group: str, args) -> tuple[dict, tuple]:
         entry = model_entry(SWIN_PUBLISHED)
         models = {"swin3d_b dense": dense}
         for mode, tag in (("pad", "faithful"), ("fit", "fit")):
-            m = patch(copy.deepcopy(dense), entry.plan, **entry.plan_settings)
+            m = patch(copy.deepcopy(dense), entry.plan)
             m.set_window_mode(temporal_window=mode)
             models[f"swin3d_b {entry.plan} {tag}"] = m
     elif group == "vit":
