@@ -175,7 +175,10 @@ class TokenPool(nn.Module):
             hd = self.weight.shape[0]
             # Channel c of head h uses kernel c % hd: one depthwise conv over all heads.
             weight = self.weight if C == hd else self.weight.repeat(C // hd, 1, 1, 1, 1)  # (C, 1, kt, kh, kw)
-            if grid.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # The fast backward is for plain CPU training: under autocast the conv's inputs are cast
+            # (a bf16 grid, a float32 weight) and ATen's own backward handles the casts.
+            if (grid.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                    and not torch.is_autocast_enabled("cpu") and grid.dtype == weight.dtype):
                 grid = _DepthwiseConv3d.apply(grid, weight, self.stride, self.padding)  # same forward, fast backward
             else:
                 grid = F.conv3d(grid, weight, None, self.stride, self.padding, 1, C)
