@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py                          # all groups, batch 1, 2 threads, 7 rounds
     python benchmarks/train_speed.py --groups mvit --repeats 9
-    python benchmarks/train_speed.py --groups swin --swin-frames 16   # a lighter Swin-B clip
+    python benchmarks/train_speed.py --groups swin --swin-size 112    # a lighter Swin-B clip, published temporal plan
     python benchmarks/train_speed.py --quick                  # smoke run: small clips, 1 round
     python benchmarks/train_speed.py --json benchmarks/results/train_speed.json
 
@@ -88,7 +88,7 @@ def build_group(group: str, args) -> tuple[dict, tuple]:
             models[f"{name} ({entry.plan})"] = patch(copy.deepcopy(dense), entry.plan)
     elif group == "swin":
         frames = 16 if args.quick else args.swin_frames
-        size = 112 if args.quick else 224
+        size = 112 if args.quick else args.swin_size
         shape = (B, 3, frames, size, size)
         dense = create_model("swin3d_b")
         entry = model_entry(SWIN_PUBLISHED)
@@ -220,6 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--swin-frames", type=int, default=32, help="clip length of the swin group (32: published)")
+    p.add_argument("--swin-size", type=int, default=224,
+                   help="frame size of the swin group (224: published; 112 keeps the 32 frames, hence the "
+                        "temporal plan, faithful-vs-fit geometry, at a quarter of the tokens)")
     p.add_argument("--repeats", type=int, default=7, help="timed rounds (one step of each model per round)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
