@@ -85,6 +85,7 @@ class TrainConfig:
     distill_from: str = ""
     distill_weight: float = 0.5  # w
     distill_temperature: float = 1.0  # T
+    compile: bool = False  # torch.compile the training forward; the selectors' noisy top-K stays eager
 
 
 @dataclass

@@ -18,7 +18,7 @@ was: the message names it.
 from __future__ import annotations
 
 __all__ = ["UserError", "ConfigError", "CheckpointError", "DataError", "BadDataError", "UsageError",
-           "NonFiniteError"]
+           "NonFiniteError", "MissingExtraError"]
 
 
 class UserError(Exception):
@@ -49,3 +49,8 @@ class UsageError(UserError, ValueError):
 class NonFiniteError(UserError, RuntimeError):
     """Training produced a non-finite loss (the weights or the selectors' scores diverged); the message
     names the step."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional extra a feature needs is not installed; the message names the packages and the
+    `pip install 'stts-video[EXTRA]'` line."""

@@ -202,6 +202,11 @@ def _own_spec(letter: str, spec: SelectorSpec | None, **amount) -> SelectorSpec:
     return spec
 
 
+@torch.compiler.disable
+def _call_eagerly(module: nn.Module, *args, **kwargs):
+    return nn.Module.__call__(module, *args, **kwargs)
+
+
 class _Selector(nn.Module):
     """What every selector shares: its spec, the noise of the perturbed top-K, the scoring policy."""
 
@@ -220,6 +225,14 @@ class _Selector(nn.Module):
         self.jacobian = jacobian
         self.variance_reduction = variance_reduction  # perturbed_topk's; keeps the estimator's expectation
         self.scorer = Scorer(scorer_dim, eps=eps) if policy == "learned" else None
+
+    def __call__(self, *args, **kwargs):
+        # A training selector (perturbed top-K) runs outside torch.compile's graph (train.compile): its
+        # noise comes from per-clip Python seeds and its sigma changes every step, values dynamo would
+        # specialise the graph on and recompile for at each step. Eval selection (hard top-K) traces.
+        if self.soft and torch.compiler.is_compiling():
+            return _call_eagerly(self, *args, **kwargs)
+        return super().__call__(*args, **kwargs)
 
     @property
     def before(self) -> int | None:

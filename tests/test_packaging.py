@@ -96,3 +96,16 @@ def test_distribution_name_and_metadata(dists):
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert sorted(r.split()[1].split(">")[0].split("=")[0] for r in requires) == ["numpy", "pyyaml", "safetensors", "torch"]
     assert "stts = stts.cli:main" in entry
+
+
+def test_make_test_installs_every_extra():
+    """`make test` (and CI) installs `.[all,dev]`, and `all` lists every other extra: the tests of the
+    optional features (ONNX export, PyAV decoding, ...) run there instead of being skipped."""
+    tomllib = pytest.importorskip("tomllib")
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    features = [e for e in extras if e not in ("all", "dev")]
+    assert "onnx" in features
+    assert extras["all"] == [f"{project['name']}[{','.join(features)}]"]
+    assert '-e ".[all,dev]"' in (ROOT / "Makefile").read_text()

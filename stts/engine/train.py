@@ -148,6 +148,9 @@ def _train(cfg, env: D.DistEnv, trust_checkpoint: bool = False) -> dict:
         set_backbone_trainable(raw, not frozen, keep_trainable)
         model = wrap(raw, frozen)
         model.train()
+        # train.compile: a new wrapper per epoch is cheap, dynamo's compiled code is kept (and redone only
+        # when a guard fails, e.g. the backbone's requires_grad changing after the scorer warm-up).
+        forward = torch.compile(model) if t.compile else model
         skipper.skip = run.epoch_step * t.accum_steps * t.batch_size  # resuming: the batches already done
         loader.set_epoch(run.epoch)
         batches, window = iter(loader), _Window(device, run.step)
@@ -172,7 +175,7 @@ def _train(cfg, env: D.DistEnv, trust_checkpoint: bool = False) -> dict:
                     model.require_backward_grad_sync = micro == t.accum_steps - 1
                 with (at_plan(raw, run.plan) if run.plan is not None else nullcontext(),
                       torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()):
-                    logits, selections = model(x, return_selections=True, noise_seeds=seeds)
+                    logits, selections = forward(x, return_selections=True, noise_seeds=seeds)
                 loss = _loss(logits, y, target, cfg.data.label_smoothing)
                 if distiller is not None:  # the teacher sees the same (mixed) clips
                     loss = distiller.loss(loss, logits, x)

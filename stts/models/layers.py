@@ -1,4 +1,5 @@
-"""Layers the backbones share: patch embedding, MLP, stochastic depth, weight init.
+"""Layers the backbones share: patch embedding, MLP, stochastic depth, weight init, and the cache of
+constant geometry tensors (window masks, index tables) that stays valid under torch.export/compile.
 
 Backbone-specific attention (MViT pooling attention, Swin window attention, ViT joint attention)
 lives in the backbone's own file; the classifier interface and selection surface in `base.py`.
@@ -6,13 +7,16 @@ lives in the backbone's own file; the classifier interface and selection surface
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import functools
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PatchEmbed3d", "Mlp", "DropPath", "drop_path", "init_weights_trunc_normal"]
+__all__ = ["PatchEmbed3d", "Mlp", "DropPath", "drop_path", "init_weights_trunc_normal",
+           "constant_cache"]
 
 Thw = tuple[int, int, int]
 
@@ -67,6 +71,52 @@ class PatchEmbed3d(nn.Module):
         thw = tuple(x.shape[2:])
         x = x.flatten(2).transpose(1, 2)  # (B, C, T'*H'*W') -> (B, T'*H'*W', C)
         return (self.norm(x) if self.norm is not None else x), thw
+
+
+@contextlib.contextmanager
+def _real_tensors():
+    """Plain eager tensor code inside, whatever traces outside: torch.export's fake and proxy modes (and
+    torch-function modes) are switched off, autograd and inference mode too (cached tensors outlive the
+    call: an inference tensor could not be saved for backward later)."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes(), torch._C.DisableTorchFunction(), torch.inference_mode(False), torch.no_grad():
+        yield
+
+
+def constant_cache(maxsize: int = 32) -> Callable:
+    """Cache a function of plain Python values (sizes, flags, a device) that builds constant tensors.
+
+        @constant_cache(maxsize=32)
+        def window_mask(padded, window, shift, device): ...   # -> the same real tensor on every call
+
+    Eagerly it is a cache keyed by the arguments (the oldest entry goes when full), built on real
+    tensors whatever traces the caller, so a fake tensor of torch.export is never cached. A traced
+    call (torch.compile, torch.export) that finds the entry gets the cached tensor (a constant input
+    of the graph, nothing rebuilt per call); one that misses traces the builder into the graph and
+    caches nothing. So compile or export a model after one eager call to bake its geometry in.
+    """
+
+    def wrap(build: Callable) -> Callable:
+        cache: dict = {}
+
+        @functools.wraps(build)
+        def get(*args):
+            if args in cache:
+                return cache[args]
+            if torch.compiler.is_compiling():
+                return build(*args)
+            with _real_tensors():
+                value = build(*args)
+            if len(cache) >= maxsize:
+                del cache[next(iter(cache))]
+            cache[args] = value
+            return value
+
+        get.cache, get.cache_clear = cache, cache.clear
+        return get
+
+    return wrap
 
 
 class Mlp(nn.Module):

@@ -50,7 +50,6 @@ Modifications against the official code:
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import NamedTuple, Sequence
 
 import torch
@@ -59,7 +58,7 @@ from torch import Tensor, nn
 
 from stts.models._registry import register_family, register_model
 from stts.models.base import VideoClassifier
-from stts.models.layers import DropPath, Mlp, PatchEmbed3d, init_weights_trunc_normal
+from stts.models.layers import DropPath, Mlp, PatchEmbed3d, constant_cache, init_weights_trunc_normal
 from stts.models.zoo import ZOO
 from stts.patch import run_selectors
 from stts.plan import parse_plan
@@ -105,8 +104,7 @@ def stage_window(thw: Thw, window: Thw, temporal_window: str = "pad") -> tuple[T
     return tuple(win), tuple(shift)
 
 
-@lru_cache(maxsize=64)
-@torch.inference_mode(False)  # cached tensors outlive the call: never inference tensors
+@constant_cache(maxsize=64)
 def _relative_position_index_cached(window: Thw, table_window: Thw, faithful: bool, device: torch.device) -> Tensor:
     if faithful:
         N = math.prod(window)
@@ -138,9 +136,7 @@ def window_partition(x: Tensor, window: Thw) -> Tensor:
     return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, wt * wh * ww, C)  # (B*nW, wt*wh*ww, C)
 
 
-@lru_cache(maxsize=32)
-@torch.inference_mode(False)
-@torch.no_grad()
+@constant_cache(maxsize=32)
 def _attention_mask_cached(padded: Thw, window: Thw, shift: Thw, valid: Thw | None, device: torch.device):
     Tp, Hp, Wp = padded
     shifted = any(s > 0 for s in shift)
@@ -180,8 +176,7 @@ def attention_mask(padded: Thw, window: Thw, shift: Thw, valid: Thw | None = Non
                                   None if valid is None else tuple(valid), torch.device(device))
 
 
-@lru_cache(maxsize=32)
-@torch.inference_mode(False)
+@constant_cache(maxsize=32)
 def _window_order_cached(thw: Thw, padded: Thw, window: Thw, shift: Thw, device: torch.device):
     Tp, Hp, Wp = padded
     T, H, W = thw
@@ -290,9 +285,8 @@ class WindowAttention3d(nn.Module):
 
     def position_bias(self, index: Tensor) -> Tensor:
         """(N, N) table rows -> (nh, N, N) bias."""
-        N = index.shape[0]
-        bias = self.relative_position_bias_table[index.reshape(-1)]  # (N*N, nh)
-        return bias.view(N, N, self.num_heads).permute(2, 0, 1).contiguous()  # (N, N, nh) -> (nh, N, N)
+        bias = self.relative_position_bias_table[index]  # (N, N, nh)
+        return bias.permute(2, 0, 1).contiguous()  # (N, N, nh) -> (nh, N, N)
 
     def forward(self, x: Tensor, geom: _Geometry) -> Tensor:
         out = shifted_window_attention_3d(

@@ -30,7 +30,6 @@ after K the map is a plain sequence (no T or S after it, enforced by the plan pa
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 
 from stts.models._registry import register_family, register_model
 from stts.models.base import VideoClassifier
-from stts.models.layers import DropPath, Mlp, PatchEmbed3d, init_weights_trunc_normal
+from stts.models.layers import DropPath, Mlp, PatchEmbed3d, constant_cache, init_weights_trunc_normal
 
 __all__ = ["VisionTransformer3d", "Attention", "Block", "sincos_table", "checkpoint_filter_fn"]
 
@@ -50,8 +49,7 @@ Thw = tuple[int, int, int]
 # ---------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=8)
-@torch.inference_mode(False)  # the cached table outlives the call: never an inference tensor
+@constant_cache(maxsize=8)
 def _sincos_cpu(n: int, dim: int) -> Tensor:
     pos = torch.arange(n, dtype=torch.float64, device="cpu")[:, None]  # (n, 1)
     # Channel pairs (2i, 2i+1) share the frequency 1 / 10000^(2i / dim): sin in 2i, cos in 2i+1.
