@@ -85,7 +85,9 @@ class TrainConfig:
     distill_from: str = ""
     distill_weight: float = 0.5  # w
     distill_temperature: float = 1.0  # T
-    compile: bool = False  # torch.compile the training forward; the selectors' noisy top-K stays eager
+    # torch.compile the training forward; the selectors' noisy top-K stays eager (an elastic plan compiles
+    # once per budget it draws: K is static in a graph)
+    compile: bool = False
 
 
 @dataclass
