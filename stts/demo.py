@@ -58,9 +58,11 @@ class DemoSettings:
     finetune_eval_every: int = 1  # epochs between validations while fine-tuning (the report evaluates last.pt)
     batch_size: int = 8
     sigma: float = 0.1
-    # The authors' diagonal estimator: on this task it fine-tunes more reliably than the unbiased full
-    # one (the sweep in benchmarks/RESULTS.md, "Demo").
+    # The authors' diagonal estimator, also the library's default: on this task it fine-tunes best, ahead
+    # of the unbiased full one with a leave-one-out baseline or antithetic pairs (benchmarks/RESULTS.md,
+    # "Which estimator fine-tunes best on the demo").
     jacobian: str = "diagonal"
+    variance_reduction: str = "none"  # perturbed_topk's (none | loo | antithetic | loo+antithetic)
     baselines: tuple[str, ...] = ("uniform", "random")
     # Also fine-tune the dense model itself for the same epochs with the same schedule (lr, backbone lr
     # multiplier, augmentation): the fair reference for what selection costs ("dense_ft").
@@ -139,7 +141,7 @@ def demo_run_config(stage: str, s: DemoSettings, data: dict, dense_checkpoint: s
                             backbone_lr_mult=s.backbone_lr_mult)
         if stage != "dense_ft":  # dense_ft: no selection, so no scorers; the whole model at the multiplier
             run["model"].update(selection=s.plan, policy="learned" if stage == "stts" else stage,
-                                sigma=s.sigma, jacobian=s.jacobian)
+                                sigma=s.sigma, jacobian=s.jacobian, variance_reduction=s.variance_reduction)
             # The published order: scorers alone first (backbone frozen), then the backbone at the
             # multiplier. A baseline has no scorers: its backbone trains from the first epoch.
             run["optim"].update(scorer_warmup_epochs=s.scorer_warmup_epochs)

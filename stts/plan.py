@@ -206,14 +206,15 @@ class SelectionPlan:
     """An ordered set of selectors plus the settings of their perturbed top-K and scoring policy.
 
     num_samples, sigma, jacobian ("full" | "diagonal"), variance_reduction (perturbed_topk's: none | loo |
-    antithetic | loo+antithetic): the estimator; policy: "learned" (the STTS scorers) or a training-free
+    antithetic | loo+antithetic): the estimator, by default the authors' diagonal one without reduction,
+    which fine-tuned best on the demo (benchmarks/RESULTS.md, "Which estimator fine-tunes best"); policy: "learned" (the STTS scorers) or a training-free
     policy at the same budget ("uniform", "random", "change", "saliency": stts.policies).
     """
 
     specs: tuple[SelectorSpec, ...] = ()
     num_samples: int = 500
     sigma: float = 0.05
-    jacobian: str = "full"
+    jacobian: str = "diagonal"
     variance_reduction: str = "none"
     policy: str = "learned"
 

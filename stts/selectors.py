@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stts.plan import KINDS, SelectorSpec
+from stts.plan import KINDS, SelectionPlan, SelectorSpec
 from stts.policies import POLICIES, centre_anchor, evenly_spaced, random_scores, token_scores
 from stts.scorer import Scorer, minmax_normalize
 from stts.topk import hard_topk, noise_seed, perturbed_topk
@@ -62,6 +62,7 @@ __all__ = [
     "POLICIES",
 ]
 
+_DEFAULT = SelectionPlan()  # the estimator settings' defaults live in the plan (one home)
 Thw = tuple[int, int, int]
 
 
@@ -341,7 +342,7 @@ class TemporalSelector(_Selector):
 
     def __init__(self, dim: int, ratio: float | None = None, *, keep: int | None = None,
                  spec: SelectorSpec | None = None, num_samples: int = 500, sigma: float = 0.05,
-                 jacobian: str = "full", policy: str = "learned", eps: float = 1e-5, variance_reduction: str = "none"):
+                 jacobian: str = _DEFAULT.jacobian, policy: str = "learned", eps: float = 1e-5, variance_reduction: str = "none"):
         super().__init__(_own_spec("T", spec, ratio=ratio, keep=keep), 2 * dim, num_samples=num_samples,
                          sigma=sigma, jacobian=jacobian, variance_reduction=variance_reduction, policy=policy, eps=eps)
 
@@ -385,7 +386,7 @@ class AnchorSelector(_Selector):
 
     def __init__(self, dim: int, ratio: float | None = None, *, anchor_size: int | None = None,
                  stride: int | None = None, spec: SelectorSpec | None = None, num_samples: int = 500,
-                 sigma: float = 0.05, jacobian: str = "full", policy: str = "learned", eps: float = 1e-5,
+                 sigma: float = 0.05, jacobian: str = _DEFAULT.jacobian, policy: str = "learned", eps: float = 1e-5,
                  variance_reduction: str = "none"):
         super().__init__(_own_spec("S", spec, ratio=ratio, anchor_size=anchor_size, anchor_stride=stride), dim,
                          num_samples=num_samples, sigma=sigma, jacobian=jacobian,
@@ -443,7 +444,7 @@ class TokenSelector(_Selector):
 
     def __init__(self, dim: int, ratio: float | None = None, *, keep: int | None = None,
                  spec: SelectorSpec | None = None, num_samples: int = 500, sigma: float = 0.05,
-                 jacobian: str = "full", policy: str = "learned", eps: float = 1e-5, variance_reduction: str = "none"):
+                 jacobian: str = _DEFAULT.jacobian, policy: str = "learned", eps: float = 1e-5, variance_reduction: str = "none"):
         super().__init__(_own_spec("K", spec, ratio=ratio, keep=keep), dim, num_samples=num_samples, sigma=sigma,
                          jacobian=jacobian, variance_reduction=variance_reduction, policy=policy, eps=eps)
 

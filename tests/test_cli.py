@@ -81,6 +81,7 @@ DEMO_FLAGS = {
     "--distill-temperature": ("distill_temperature", "2.0", 2.0),
     "--sigma": ("sigma", "0.05", 0.05),
     "--jacobian": ("jacobian", "full", "full"),
+    "--variance-reduction": ("variance_reduction", "antithetic", "antithetic"),
     "--batch-size": ("batch_size", "6", 6),
     "--threads": ("threads", "2", 2),
     "--no-progress": ("progress", None, False),

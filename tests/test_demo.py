@@ -72,6 +72,37 @@ def test_configs_dir_holds_the_demo_stages(stage):
     assert got == expected
 
 
+@pytest.mark.parametrize("jacobian,reduction", [("full", "loo"), ("diagonal", "antithetic"), ("full", "none")])
+def test_estimator_settings_reach_the_selectors(jacobian, reduction):
+    """DemoSettings.jacobian / variance_reduction are what the STTS stage's selectors run with (and the
+    dense stage has no selectors to give them to)."""
+    from stts.engine.build import build_model
+
+    s = DemoSettings(jacobian=jacobian, variance_reduction=reduction)
+    data = {"data_config": synthetic_data_config(Path(s.out_dir) / "data", size=s.size)}
+    model = build_model(demo_run_config("stts", s, data, dense_checkpoint="dense.pt"), num_classes=6)
+    assert [(sel.jacobian, sel.variance_reduction) for sel in model.selectors.values()] == [(jacobian, reduction)] * 2
+    assert (model.plan.jacobian, model.plan.variance_reduction) == (jacobian, reduction)
+    assert len(build_model(demo_run_config("dense", s, data), num_classes=6).selectors) == 0
+
+
+def test_the_library_default_estimator_is_the_demos():
+    """The estimator a new plan gets when nothing is said (create_model, a run config with
+    model.jacobian '' / model.variance_reduction '') is the one the demo fine-tunes with: the winner of
+    the demo runs in benchmarks/RESULTS.md."""
+    from stts.config import load_config
+    from stts.engine.build import build_model
+
+    s = DemoSettings()
+    want = (s.jacobian, s.variance_reduction)
+    model = create_model("mvit_tiny", num_classes=3, selection="T0_0.5-S1_0.6")
+    assert [(sel.jacobian, sel.variance_reduction) for sel in model.selectors.values()] == [want] * 2
+    cfg = load_config(base={"model": {"name": "mvit_tiny", "selection": "T0_0.5", "num_classes": 3}},
+                      check_paths=False)
+    assert (cfg.model.jacobian, cfg.model.variance_reduction) == ("", "")  # "the model's default"
+    assert [(sel.jacobian, sel.variance_reduction) for sel in build_model(cfg, 3).selectors.values()] == [want]
+
+
 def test_quick_demo_writes_the_report(tmp_path):
     """`stts demo --quick` end to end: every stage trains, and the report holds what the issue asks for."""
     s = DemoSettings(out_dir=str(tmp_path / "demo"), num_classes=3, clips_per_class=4, val_clips_per_class=2,

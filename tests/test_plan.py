@@ -42,8 +42,8 @@ def test_bad_plans_say_what_is_wrong(text, message):
 
 
 def test_plan_settings_and_dict_round_trip():
-    plan = parse_plan("T0_0.5", sigma=0.1, jacobian="diagonal")
-    assert plan.sigma == 0.1 and plan.jacobian == "diagonal"
+    plan = parse_plan("T0_0.5", sigma=0.1, jacobian="full")  # not the default (diagonal)
+    assert plan.sigma == 0.1 and plan.jacobian == "full"
     assert SelectionPlan.from_dict(plan.to_dict()) == plan
     assert len(parse_plan(None)) == 0 and len(parse_plan("dense")) == 0
 
@@ -94,9 +94,10 @@ def test_patch_places_selectors_and_they_run_in_order():
 
 def test_patch_adds_to_an_existing_plan_and_settings_apply():
     model = stts.patch(ToyBackbone(), "S2_a2", sigma=0.2)
-    stts.patch(model, "T1_0.5", jacobian="diagonal")
+    stts.patch(model, "T1_0.5", jacobian="full")
     assert list(model.selectors) == ["T1", "S2"]
-    assert model.selectors["T1"].jacobian == "diagonal" and model.selectors["S2"].sigma == 0.2
+    assert model.selectors["T1"].jacobian == "full" and model.selectors["S2"].sigma == 0.2
+    assert model.selectors["S2"].jacobian == "diagonal"  # the default
 
 
 @pytest.mark.parametrize("plan,message", [
@@ -202,11 +203,11 @@ def test_selector_spec_refuses_what_no_selector_can_run(kwargs, message):
 
 
 def test_plan_settings_are_one_set():
-    plan = parse_plan("T0_0.5-S4_0.7", sigma=0.1, jacobian="diagonal", policy="uniform")
-    assert plan.settings == dict(num_samples=500, sigma=0.1, jacobian="diagonal", variance_reduction="none",
+    plan = parse_plan("T0_0.5-S4_0.7", sigma=0.1, jacobian="full", policy="uniform")
+    assert plan.settings == dict(num_samples=500, sigma=0.1, jacobian="full", variance_reduction="none",
                                  policy="uniform")
     again = plan.with_settings(sigma=0.2)
-    assert again.specs == plan.specs and again.sigma == 0.2 and again.jacobian == "diagonal"
+    assert again.specs == plan.specs and again.sigma == 0.2 and again.jacobian == "full"
     assert parse_plan(plan, num_samples=30).settings == {**plan.settings, "num_samples": 30}
     with pytest.raises(TypeError, match="unknown selection settings"):
         plan.with_settings(specs=())

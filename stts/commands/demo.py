@@ -18,6 +18,7 @@ from stts.errors import UsageError
 
 def add_arguments(parser) -> None:
     from stts.demo import HARD, DemoSettings
+    from stts.topk import VARIANCE_REDUCTIONS
 
     d = DemoSettings()
 
@@ -60,6 +61,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sigma", type=float, help=f"perturbed top-K noise at the start ({default('sigma')})")
     parser.add_argument("--jacobian", choices=("diagonal", "full"),
                         help=f"perturbed top-K gradient estimator (diagonal: the authors'; {default('jacobian')})")
+    parser.add_argument("--variance-reduction", choices=VARIANCE_REDUCTIONS,
+                        help=f"variance reduction of the estimator, keeping its expectation (stts.topk; "
+                             f"{default('variance_reduction')})")
     parser.add_argument("--batch-size", type=int, help=f"({default('batch_size')})")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default 0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 4 clips per class, 1 epoch each")
