@@ -104,8 +104,8 @@ def test_hard_rejects_a_warmup_that_leaves_no_joint_epoch(capsys, monkeypatch):
 
 SCHEDULE = ["model.name", "model.finetune", "train.epochs", "train.batch_size", "train.seed", "optim.lr",
             "optim.min_lr", "optim.warmup_epochs", "optim.backbone_lr_mult", "optim.weight_decay", "optim.clip_grad"]
-SELECTION = {"model.selection", "model.sigma", "model.jacobian", "model.policy", "optim.scorer_warmup_epochs",
-             "train.distill_from", "train.distill_weight", "train.distill_temperature"}
+SELECTION = {"model.selection", "model.sigma", "model.jacobian", "model.variance_reduction", "model.policy",
+             "optim.scorer_warmup_epochs", "train.distill_from", "train.distill_weight", "train.distill_temperature"}
 
 
 @pytest.mark.parametrize("settings", [DemoSettings(), hard_settings(), hard_settings(distill_weight=0.5,
