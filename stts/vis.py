@@ -323,10 +323,12 @@ def save_selection_animation(frames, regions: Sequence[FrameSelection], path: "s
 
 def plot_accuracy_vs_gflops(rows: Sequence[Mapping], path: "str | Path | None" = None, *,
                             title: str = "Top-1 vs GFLOPs per view"):
-    """Top-1 against GFLOPs per view, every point labelled; dense models also drawn as dashed reference
-    lines (their top-1), STTS points joined by cost, baselines in grey.
+    """Top-1 against GFLOPs per view, every named point labelled; dense models also drawn as dashed
+    reference lines (their top-1), STTS points joined by cost, baselines in grey; rows with a "curve"
+    are drawn per curve instead, joined by cost, each in its own colour and named in the legend.
 
-    rows: [{"name", "gflops", "top1", "kind": "dense" | "stts" | "baseline"}]. Returns the Figure.
+    rows: [{"name", "gflops", "top1", "kind": "dense" | "stts" | "baseline", optional "curve": str}];
+    an empty name draws the point without a label. Returns the Figure.
     """
     from matplotlib.figure import Figure
 
@@ -337,25 +339,34 @@ def plot_accuracy_vs_gflops(rows: Sequence[Mapping], path: "str | Path | None" =
              "baseline": dict(marker="s", s=40, color="#999999", zorder=2)}
     fig = Figure(figsize=(6.4, 4.4), dpi=150)
     ax = fig.add_subplot()
-    for kind in ("baseline", "stts", "dense"):
-        pts = sorted((float(r["gflops"]), float(r["top1"]), str(r["name"])) for r in rows
-                     if r.get("kind", "stts") == kind)
+    groups = [(kind, kind, style[kind], [r for r in rows if r.get("curve") is None and r.get("kind", "stts") == kind])
+              for kind in ("baseline", "stts", "dense")]
+    curves = list(dict.fromkeys(r["curve"] for r in rows if r.get("curve") is not None))
+    colours = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    markers = ["o", "v", "^", "D", "P", "X", "<", ">"]
+    for i, curve in enumerate(curves):
+        groups.append((curve, "curve", dict(marker=markers[i % len(markers)], s=36, zorder=3,
+                                            color=colours[i % len(colours)]),
+                       [r for r in rows if r.get("curve") == curve]))
+    for label, kind, st, members in groups:
+        pts = sorted((float(r["gflops"]), float(r["top1"]), str(r["name"] or "")) for r in members)
         if not pts:
             continue
         xs, ys, names = zip(*pts)
-        ax.scatter(xs, ys, label=kind, **style[kind])
-        if kind == "stts" and len(pts) > 1:
-            ax.plot(xs, ys, color=style[kind]["color"], linewidth=1, alpha=0.6)
+        ax.scatter(xs, ys, label=label, **st)
+        if kind in ("stts", "curve") and len(pts) > 1:
+            ax.plot(xs, ys, color=st["color"], linewidth=1, alpha=0.6)
         if kind == "dense":
             for y in ys:
                 ax.axhline(y, color="black", linestyle="--", linewidth=0.8, alpha=0.6, zorder=1)
         for x, y, name in pts:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            if name:
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
     ax.set_xlabel("GFLOPs per view")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7 if curves else 8, loc="best" if curves else "lower right")  # curves fill the corners
     ax.margins(x=0.15, y=0.12)  # room for the labels of the outermost points
     fig.tight_layout()
     if path is not None:

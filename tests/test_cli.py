@@ -69,6 +69,9 @@ DEMO_FLAGS = {
     "--event-frames": ("event_frames", "4", 4),
     "--distractors": ("num_distractors", "1", 1),
     "--plan": ("plan", "T0_0.375-S1_0.5", "T0_0.375-S1_0.5"),
+    "--elastic-plan": ("elastic_plan", "T0_k3:8-S1_a5:8", "T0_k3:8-S1_a5:8"),
+    "--budgets": ("budgets", "0.2,0.9", (0.2, 0.9)),
+    "--policies": ("free_policies", "change", ("change",)),
     "--dense-epochs": ("dense_epochs", "3", 3),
     "--finetune-epochs": ("finetune_epochs", "14", 14),
     "--scorer-warmup-epochs": ("scorer_warmup_epochs", "2", 2),
@@ -147,5 +150,6 @@ def test_demo_quick_and_bad_warmup(demo_settings):
     assert (s.clips_per_class, s.dense_epochs) == (4, 1)  # --help: "4 clips per class, 1 epoch each"
     assert 0 < s.scorer_warmup_epochs < s.finetune_epochs  # a scorer-only epoch, then a joint one
     assert demo_settings(["--baselines", ""])[1].baselines == ()
+    assert demo_settings(["--policies", ""])[1].free_policies == ()
     code, s = demo_settings(["--finetune-epochs", "2", "--scorer-warmup-epochs", "3"])
     assert code not in (0, None) and s is None  # refused before anything runs

@@ -256,6 +256,26 @@ def test_accuracy_vs_gflops(tmp_path):
     assert any(line.get_linestyle() == "--" and line.get_ydata()[0] == 78.4 for line in ax.lines)
 
 
+def test_accuracy_plot_draws_a_curve_per_policy(tmp_path):
+    """Rows with a "curve": one line per curve through its points in cost order, named in the legend;
+    unnamed points carry no label; rows without one are drawn as before."""
+    from stts.vis import plot_accuracy_vs_gflops
+
+    rows = [dict(name="dense", gflops=0.067, top1=100.0, kind="dense"),
+            dict(name="STTS fixed", gflops=0.025, top1=99.0, kind="stts"),
+            dict(name="75%", gflops=0.051, top1=100.0, kind="stts", curve="elastic"),
+            dict(name="28%", gflops=0.025, top1=98.0, kind="stts", curve="elastic"),
+            dict(name="50%", gflops=0.034, top1=99.5, kind="stts", curve="elastic"),
+            dict(name="", gflops=0.048, top1=90.0, kind="baseline", curve="change"),
+            dict(name="", gflops=0.023, top1=60.0, kind="baseline", curve="change")]
+    fig = plot_accuracy_vs_gflops(rows, tmp_path / "plot.png")
+    ax = fig.axes[0]
+    lines = {tuple(line.get_xdata()): tuple(line.get_ydata()) for line in ax.lines if line.get_linestyle() == "-"}
+    assert lines == {(0.025, 0.034, 0.051): (98.0, 99.5, 100.0), (0.023, 0.048): (60.0, 90.0)}
+    assert {t.get_text() for t in ax.texts} == {"dense", "STTS fixed", "28%", "50%", "75%"}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["stts", "dense", "elastic", "change"]
+
+
 # --- stts visualize ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

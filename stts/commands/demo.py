@@ -1,9 +1,10 @@
-"""Run the demo: synthetic mp4 dataset -> dense MViT -> STTS fine-tuning and baselines -> report.
+"""Run the demo: synthetic mp4 dataset -> dense MViT -> elastic and fixed STTS fine-tuning, baselines,
+training-free policies -> report at several budgets.
 
-    stts demo                                  # ~5 min on 2 CPU cores; writes stts-demo/results.md
+    stts demo                                  # ~7 min on 2 CPU cores; writes stts-demo/results.md
     stts demo --seed 1 --out stts-demo-seed1
     stts demo --hard                           # dense below 100%, against dense fine-tuned the same epochs
-    stts demo --clips-per-class 300 --dense-epochs 40 --plan T0_0.375-S1_0.6   # more data, another budget
+    stts demo --clips-per-class 300 --dense-epochs 40 --budgets 0.2,0.5,0.8 --elastic-plan T0_k3:8-S1_a5:8
     stts demo --quick                          # a one-minute smoke run (too short to learn anything)
 
 Options left out take the default demo's value, or with --hard the hard setting's (stts.demo.HARD).
@@ -41,6 +42,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--event-frames", type=int, help=f"frames showing the event ({default('event_frames')})")
     parser.add_argument("--distractors", type=int, help=f"moving distractors per clip ({default('num_distractors')})")
     parser.add_argument("--plan", help=f"selection plan of STTS and the baselines ({default('plan')})")
+    parser.add_argument("--elastic-plan", help="ranges of the elastic STTS model, a budget drawn per step "
+                        f"('' for none; {default('elastic_plan')})")
+    parser.add_argument("--budgets", help="token fractions to report, each the elastic plan's nearest point "
+                        f"(default {','.join(map(str, d.budgets))})")
+    parser.add_argument("--policies", help="training-free policies applied to the dense model at every budget "
+                        f"('' for none; default {','.join(d.free_policies)})")
     parser.add_argument("--dense-epochs", type=int, help=f"({default('dense_epochs')})")
     parser.add_argument("--finetune-epochs", type=int, help=f"({default('finetune_epochs')})")
     parser.add_argument("--scorer-warmup-epochs", type=int, help="of the fine-tuning epochs, how many train the "
@@ -89,12 +96,37 @@ def settings_from_args(args):
         if name == "baselines":
             value = tuple(b for b in value.split(",") if b)
         setattr(s, name, value)
+    if args.budgets is not None:
+        s.budgets = _budgets(args.budgets)
+    if args.policies is not None:
+        s.free_policies = _free_policies(args.policies)
     s.progress = not args.no_progress
     if args.quick:
         s.clips_per_class, s.val_clips_per_class = 4, 2
         s.dense_epochs, s.finetune_epochs, s.scorer_warmup_epochs, s.latency_repeats = 1, 2, 1, 3
         s.throughput_batch = 8
     return s
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    try:
+        budgets = tuple(float(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise UsageError(f"--budgets {text!r}: expected token fractions like 0.28,0.5,0.75") from None
+    if not budgets or not all(0.0 < b <= 1.0 for b in budgets):
+        raise UsageError(f"--budgets {text!r}: each budget is a token fraction in (0, 1]")
+    return budgets
+
+
+def _free_policies(text: str) -> tuple[str, ...]:
+    from stts.selectors import POLICIES
+
+    policies = tuple(p for p in text.split(",") if p)
+    unknown = [p for p in policies if p not in POLICIES or p == "learned"]
+    if unknown:
+        raise UsageError(f"--policies {text!r}: {', '.join(unknown)} is not a training-free policy "
+                         f"(one of {', '.join(p for p in POLICIES if p != 'learned')})")
+    return policies
 
 
 def run(args) -> int:
