@@ -1,6 +1,6 @@
 """`stts demo`: STTS end to end on real video files, in minutes on a CPU.
 
-    stts demo                                   # ~7 minutes on 2 CPU cores; report in stts-demo/
+    stts demo                                   # ~7-8 minutes on 2 quiet CPU cores (estimated); report in stts-demo/
     stts demo --seed 1 --out stts-demo-seed1    # another seed
     stts demo --clips-per-class 300 --dense-epochs 40 --budgets 0.2,0.5,0.8   # scale it
 

@@ -1,7 +1,7 @@
 """Run the demo: synthetic mp4 dataset -> dense MViT -> elastic and fixed STTS fine-tuning, baselines,
 training-free policies -> report at several budgets.
 
-    stts demo                                  # ~7 min on 2 CPU cores; writes stts-demo/results.md
+    stts demo                                  # ~7-8 min on 2 quiet CPU cores (estimated); stts-demo/results.md
     stts demo --seed 1 --out stts-demo-seed1
     stts demo --hard                           # dense below 100%, against dense fine-tuned the same epochs
     stts demo --clips-per-class 300 --dense-epochs 40 --budgets 0.2,0.5,0.8 --elastic-plan T0_k3:8-S1_a5:8
