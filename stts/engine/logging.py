@@ -45,7 +45,7 @@ class RunLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(self.out_dir / "tb"))
-            except ImportError:  # tensorboard is an optional extra (stts[train])
+            except ImportError:  # tensorboard is an optional extra (stts-video[train])
                 self.logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
 
     def info(self, msg: str) -> None:

@@ -195,7 +195,7 @@ def vit_from_videomae(src: Any, *, config: Any = None, selection: Any = None, **
             from transformers import VideoMAEForVideoClassification
         except ImportError as e:
             raise ImportError(f"{src!r} is not a local folder; loading it by name needs transformers "
-                              "(pip install 'stts[hf]')") from e
+                              "(pip install 'stts-video[hf]')") from e
         hf = VideoMAEForVideoClassification.from_pretrained(str(src))
         config, sd = config or hf.config, hf.state_dict()
     elif isinstance(src, dict):
