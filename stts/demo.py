@@ -291,10 +291,6 @@ def _pictures(s: DemoSettings, models: dict, dataset, meta: dict, root: Path, ou
     return written
 
 
-# Row kinds, in the table's order within a budget: what was trained, and how.
-KINDS = ("dense", "elastic", "stts", "fine-tuned", "training-free")
-
-
 def target_gaps(rows: list[dict]) -> dict:
     """The issue's comparisons from the report rows (top-1 points; None where a row is missing):
 
@@ -337,7 +333,7 @@ def target_gaps(rows: list[dict]) -> dict:
 
 
 def _label(r: dict) -> str:
-    """A row's model column: what it is and how it was trained."""
+    """A row's model column from its kind (dense | elastic | stts | fine-tuned | training-free)."""
     return {"dense": r["name"], "elastic": "**elastic STTS**", "stts": "STTS (fixed budget)",
             "fine-tuned": f"{r['name']} (fine-tuned)", "training-free": f"{r['name']} (no training)"}[r["kind"]]
 
