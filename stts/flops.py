@@ -75,6 +75,8 @@ _RULES = {
     aten.mm.default: ("linear", _mm),
     aten.addmm.default: ("linear", _addmm),
     aten.addmm_.default: ("linear", _addmm),  # in place: MViT's inference MLP accumulates into its residual
+    aten.mm.out: ("linear", _mm),  # out=: MViT's inference MLP writes its row chunks into reused buffers
+    aten.addmm.out: ("linear", _addmm),
     aten.bmm.default: ("matmul", _bmm),
     aten.baddbmm.default: ("matmul", _baddbmm),
     aten.convolution.default: ("conv", _conv),
@@ -139,9 +141,13 @@ def _scope_name(path: str) -> str:
     return parts[0]
 
 
-def count_flops(model: nn.Module, input_shape: tuple | None = None, *, inputs: tuple | None = None) -> FlopCount:
+def count_flops(model: nn.Module, input_shape: tuple | None = None, *, inputs: tuple | None = None,
+                as_published: bool = True) -> FlopCount:
     """Count one forward pass of `model` on an input of `input_shape` (default: `model.input_size`
     with batch 1), without computing anything: parameters and input are replaced by meta tensors.
+
+    as_published: count every token the official code computes (the published tables' convention);
+    False: what stts's eval forward computes, which skips the tokens nothing reads (fewer).
     """
     if inputs is None:
         if input_shape is None:
@@ -162,11 +168,19 @@ def count_flops(model: nn.Module, input_shape: tuple | None = None, *, inputs: t
             handles.append(module.register_forward_hook(counter.leave))
     was_training = model.training
     model.eval()
+    # The published counts charge every token the official code computes; stts's forward skips the
+    # tokens nothing reads (`skip_unread_tokens` on a model or module: MViT's last-block class token,
+    # the keys its strided pools never read), which are counted the published way here.
+    skipping = [m for m in model.modules() if getattr(m, "skip_unread_tokens", False)] if as_published else []
+    for m in skipping:
+        m.skip_unread_tokens = False
     try:
         with torch.no_grad(), counter:
             torch.func.functional_call(model, meta_state, inputs, strict=False)
     finally:
         model.train(was_training)
+        for m in skipping:
+            m.skip_unread_tokens = True
         for h in handles:
             h.remove()
     total = sum(counter.by_operator.values())

@@ -47,22 +47,37 @@ class VideoClassifier(nn.Module):
 
         noise_seeds: (B,) int64, one seed per clip for the selectors' perturbed top-K in training.
         """
+        head_only = self.skip_unread_tokens
         if return_selections:
-            x, record = self.forward_features(x, return_selections=True, noise_seeds=noise_seeds)
+            x, record = self.forward_features(x, return_selections=True, noise_seeds=noise_seeds,
+                                              head_tokens_only=head_only)
             return self.forward_head(x), record
-        return self.forward_head(self.forward_features(x, noise_seeds=noise_seeds))
+        return self.forward_head(self.forward_features(x, noise_seeds=noise_seeds, head_tokens_only=head_only))
 
-    def forward_features(self, x: Tensor, return_selections: bool = False, *, noise_seeds: Tensor | None = None):
-        """(B, C_in, T, H, W) -> normalised token map [, {selector name: Selection}]."""
+    # The logits read only the class token of the last place's output, and every other token of it is
+    # read by nothing: the last place then computes the class token alone (q, attention output and MLP
+    # of one token; keys and values still of all). Same numbers, less work: MViT-B's last block is
+    # about 4% of its FLOPs at every budget. stts.flops turns it off (and every module's skip_unread_tokens), to count
+    # the published (full) computation.
+    skip_unread_tokens = True
+
+    def forward_features(self, x: Tensor, return_selections: bool = False, *, noise_seeds: Tensor | None = None,
+                         head_tokens_only: bool = False):
+        """(B, C_in, T, H, W) -> normalised token map [, {selector name: Selection}].
+
+        head_tokens_only: the last place may return only the tokens `forward_head` reads (the prefix
+        tokens, where the backbone's head reads its class token and it has `_run_place_prefix_only`).
+        """
         if x.dim() != 5:
             raise ValueError(f"expected a (B, C, T, H, W) clip, got shape {tuple(x.shape)}")
         x, thw = self._embed(x)
         record = {} if return_selections else None
         placed = {sel.before for sel in self.selectors.values()}
+        last = len(self._places()) - 1 if head_tokens_only and self._head_reads_prefix_only() else None
         for i in range(len(self._places())):
             if i in placed:
                 x, thw = self._select(i, x, thw, record, noise_seeds)
-            x, thw = self._run_place(i, x, thw)
+            x, thw = self._run_place_prefix_only(i, x, thw) if i == last else self._run_place(i, x, thw)
         x = self.norm(x)
         return (x, record) if return_selections else x
 
@@ -138,6 +153,14 @@ class VideoClassifier(nn.Module):
         raise NotImplementedError
 
     def _run_place(self, index: int, x: Tensor, thw: Thw) -> tuple[Tensor, Thw]:
+        raise NotImplementedError
+
+    def _head_reads_prefix_only(self) -> bool:
+        """Whether forward_head reads only the prefix (class) tokens; then `_run_place_prefix_only` exists."""
+        return False
+
+    def _run_place_prefix_only(self, index: int, x: Tensor, thw: Thw) -> tuple[Tensor, Thw]:
+        """Place `index`'s output at the prefix tokens only: (B, P + N, C) -> (B, P, C')."""
         raise NotImplementedError
 
     def _place_dims(self) -> list[int]:

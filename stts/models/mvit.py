@@ -28,6 +28,9 @@ Modifications against the official code:
   `F.scaled_dot_product_attention`. Both keep the official numbers (tests hold the fixtures).
 - A clip whose token grid differs from the default is handled by resampling the position
   embeddings (bicubic in space, linear in time; trilinear for a joint embedding).
+- Tokens nothing reads are not computed (`skip_unread_tokens`): in inference, k and v only where their
+  strided pools read (blocks 0-2: 13-54% of the grid); the logits' forward runs the last block at the
+  class token alone. Same numbers; stts.flops still counts the published computation.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from torch import Tensor, nn
 
 from stts.models._registry import register_family, register_model
 from stts.models.base import VideoClassifier
-from stts.models.layers import DropPath, Mlp, PatchEmbed3d, init_weights_trunc_normal
+from stts.models.layers import DropPath, Mlp, PatchEmbed3d, constant_cache, init_weights_trunc_normal
 from stts.models.layers import triple as _triple
 from stts.models.pyslowfast import model_from_official
 from stts.models.zoo import ZOO
@@ -64,6 +67,27 @@ def _pool_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _read_positions(size: int, kernel: int, stride: int, padding: int) -> list[int] | None:
+    """The input positions along one axis that a pool reads, in order, where no two outputs read the same
+    position (kernel <= stride, or one output), they are fewer than `size`, and the pool of them alone
+    is a pool with stride = kernel and the same padding; else None. MViT-B's kv pools (kernel 3, stride
+    8 or 4 in space, padding 1) read 3 of every 8 or 4 rows and columns: 20 of 56, or 41 of 56."""
+    out = _pool_out(size, kernel, stride, padding)
+    wanted = [o * stride + t - padding for o in range(out) for t in range(kernel)]
+    if any(b <= a for a, b in zip(wanted, wanted[1:])):  # two outputs read a position
+        return None
+    read = [i for i in wanted if 0 <= i < size]
+    leading = sum(i < 0 for i in wanted)
+    if len(read) == size or leading != padding or _pool_out(len(read), kernel, kernel, padding) != out:
+        return None
+    return read
+
+
+@constant_cache(maxsize=64)
+def _read_index(positions: tuple[int, ...], device: torch.device) -> Tensor:
+    return torch.tensor(positions, dtype=torch.long, device=device)
+
+
 def _round_width(width: float, multiplier: float, divisor: int = 1) -> int:
     """PySlowFast's `round_width`: width * multiplier rounded to a multiple of `divisor`."""
     width = width * multiplier
@@ -78,6 +102,13 @@ def _round_width(width: float, multiplier: float, divisor: int = 1) -> int:
 # output and runs the GEMM with beta = 1, which MKL does slowly for so short a K: the product + add_
 # takes 0.83-0.97x its time at K = 96 (measured, 1 thread, 2-25k rows); at K = 192 it gains nothing.
 _SHORT_K = 96
+
+
+# The inference MLP runs over row chunks whose hidden activations take about _CHUNK_BYTES (at least
+# _CHUNK_MIN_ROWS rows): 8 MB gave 1-4% less time per clip than one chunk for MViT-B dense and
+# t0.5_s0.7 at 2 threads (AMD EPYC VM, round-robin A/B); 2 MB was slower than one chunk.
+_CHUNK_BYTES = 8 << 20
+_CHUNK_MIN_ROWS = 256
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, inference: bool) -> Tensor:
@@ -160,6 +191,30 @@ class TokenPool(nn.Module):
     def out_thw(self, thw: Thw) -> Thw:
         return tuple(_pool_out(n, k, s, p) for n, k, s, p in zip(thw, self.kernel, self.stride, self.padding))
 
+    def read_positions(self, thw: Thw) -> tuple[list[int] | None, ...] | None:
+        """Per axis, the positions this conv pool reads where it reads fewer than all (else None per
+        axis); None if it reads the whole grid. The tokens it never reads need not be computed."""
+        if self.mode != "conv":
+            return None
+        axes = tuple(_read_positions(n, k, s, p) for n, k, s, p in zip(thw, self.kernel, self.stride, self.padding))
+        return axes if any(a is not None for a in axes) else None
+
+    def forward_read(self, grid: Tensor, thw: Thw, axes: tuple, prefix: Tensor) -> tuple[Tensor, Thw]:
+        """The pool of the full grid, from its read positions alone.
+
+        grid (B, T_r, H_r, W_r, C): the positions `read_positions(thw)` names (all along an axis that
+        is None); prefix (B, P, C) bypasses the pool. Along a read axis the positions are adjacent in
+        groups of `kernel`, so the pool is a stride-`kernel` conv there, with the same padding.
+        """
+        B, C = grid.shape[0], grid.shape[-1]
+        stride = tuple(k if a is not None else s for a, k, s in zip(axes, self.kernel, self.stride))
+        hd = self.weight.shape[0]
+        weight = self.weight if C == hd else self.weight.repeat(C // hd, 1, 1, 1, 1)  # (C, 1, kt, kh, kw)
+        out = F.conv3d(grid.permute(0, 4, 1, 2, 3), weight, None, stride, self.padding, 1, C)  # (B, C, T', H', W')
+        new_thw = tuple(out.shape[2:])
+        out = out.permute(0, 2, 3, 4, 1).reshape(B, -1, C)
+        return (torch.cat([prefix, out], dim=1) if prefix.shape[1] else out), new_thw
+
     def forward(self, x: Tensor, thw: Thw, num_prefix: int) -> tuple[Tensor, Thw]:
         B, N, C = x.shape
         T, H, W = thw
@@ -236,16 +291,45 @@ class PoolingAttention(nn.Module):
             x = norm(x)
         return x.transpose(1, 2), thw  # (B, N', nh, hd) -> (B, nh, N', hd)
 
-    def forward(self, x: Tensor, thw: Thw) -> tuple[Tensor, Thw]:
+    # Inference computes k and v only at the tokens their strided pools read (MViT-B blocks 0-2: 13-54%
+    # of the grid): the same numbers. stts.flops turns it off, to count the published computation.
+    skip_unread_tokens = True
+
+    def _pooled_kv_read(self, x: Tensor, thw: Thw, axes: tuple, w, b) -> tuple[Tensor, Tensor]:
+        """Pooled, normed k and v (B, nh, Nk, hd) from the prefix tokens and the grid positions `axes` names."""
+        B, N, C = x.shape
+        P = self.num_prefix
+        grid = x[:, P:].unflatten(1, thw)  # (B, T, H, W, C), a view also where B > 1
+        for dim, positions in enumerate(axes, start=1):
+            if positions is not None:
+                grid = grid.index_select(dim, _read_index(tuple(positions), x.device))  # (B, T_r, H_r, W_r, C)
+        out = []
+        for weight, bias, pool, norm in ((w[1], b[1], self.pool_k, self.norm_k), (w[2], b[2], self.pool_v, self.norm_v)):
+            # The prefix's product apart from the grid's: no copy joins them before the pool.
+            y, _ = pool.forward_read(_linear(grid, weight, bias, True), thw, axes, _linear(x[:, :P], weight, bias, True))
+            y = y.view(B, -1, self.num_heads, self.head_dim)  # (B, Nk, C) -> (B, Nk, nh, hd)
+            out.append((norm(y) if norm is not None else y).transpose(1, 2))
+        return out[0], out[1]
+
+    def forward(self, x: Tensor, thw: Thw, prefix_only: bool = False) -> tuple[Tensor, Thw]:
+        """prefix_only: the output at the prefix (class) tokens alone, (B, P, C): their q only."""
         B, N, C = x.shape
         # q, k, v as three products with slices of the fused weight: each comes out contiguous, so
         # its grid is a dense channels-last tensor for the pools (slices of one (B, N, 3C) output
         # would need a copy each). Same multiply-adds as the fused product.
         inference = not (self.training or torch.is_grad_enabled())
         w, b = self.qkv.weight.chunk(3), self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
-        q, q_thw = self._pool(_linear(x, w[0], b[0], inference), self.pool_q, self.norm_q, thw)  # (B, nh, Nq, hd)
-        k, _ = self._pool(_linear(x, w[1], b[1], inference), self.pool_k, self.norm_k, thw)  # (B, nh, Nk, hd)
-        v, _ = self._pool(_linear(x, w[2], b[2], inference), self.pool_v, self.norm_v, thw)
+        if prefix_only:  # the prefix bypasses the q pool: its q is the linear of its own tokens, normed
+            q, _ = self._pool(_linear(x[:, :self.num_prefix], w[0], b[0], inference), None, self.norm_q, thw)
+            q_thw = self.pool_q.out_thw(thw) if self.pool_q is not None else thw
+        else:
+            q, q_thw = self._pool(_linear(x, w[0], b[0], inference), self.pool_q, self.norm_q, thw)  # (B, nh, Nq, hd)
+        axes = self.pool_k.read_positions(thw) if inference and self.pool_k is not None and self.skip_unread_tokens else None
+        if axes is not None:  # k and v of the tokens the pools read (the prefix and a subset of the grid)
+            k, v = self._pooled_kv_read(x, thw, axes, w, b)
+        else:
+            k, _ = self._pool(_linear(x, w[1], b[1], inference), self.pool_k, self.norm_k, thw)  # (B, nh, Nk, hd)
+            v, _ = self._pool(_linear(x, w[2], b[2], inference), self.pool_v, self.norm_v, thw)
         # q's layout is (B, Nq, nh, hd) under the transpose, and SDPA gives its output the same one,
         # so merging the heads back is a view.
         x = F.scaled_dot_product_attention(q, k, v)  # (B, nh, Nq, hd), scale hd^-0.5
@@ -280,39 +364,75 @@ class MultiScaleBlock(nn.Module):
         else:
             self.pool_skip = None
 
-    def forward(self, x: Tensor, thw: Thw) -> tuple[Tensor, Thw]:
+    def forward(self, x: Tensor, thw: Thw, prefix_only: bool = False) -> tuple[Tensor, Thw]:
+        """prefix_only: the output at the prefix (class) tokens alone, (B, P, dim_out)."""
         # Without autograd (inference), the branch outputs are fresh buffers nobody else holds: the
         # residual is added into them and GELU runs in place, saving three (B, N, C)-sized allocations
         # per block (at block 0 the MLP's hidden tensor alone is 38 MB). Same arithmetic, same bits.
         inplace = not (self.training or torch.is_grad_enabled())
-        x_attn, new_thw = self.attn(self.norm1(x), thw)
-        if self.pool_skip is not None:
+        x_attn, new_thw = self.attn(self.norm1(x), thw, prefix_only)
+        if prefix_only:  # the prefix bypasses the residual pool
+            x = x[:, :self.num_prefix]
+        elif self.pool_skip is not None:
             x, _ = self.pool_skip(x, thw, self.num_prefix)
         x = x_attn.add_(x) if inplace else x + self.drop_path(x_attn)
-        x_norm = self.norm2(x)
         if not inplace:
+            x_norm = self.norm2(x)
             x_mlp = self.mlp(x_norm)
             if self.proj is not None:
                 x = self.proj(x_norm)
             return x + self.drop_path(x_mlp), new_thw
-        fc1 = self.mlp.fc1
-        hidden = torch.ops.aten.gelu_(_linear(x_norm, fc1.weight, fc1.bias, True))  # (B, N, 4C); Mlp, no dropout
-        # fc2 accumulates straight into the residual (addmm_: residual += hidden @ W2^T, one GEMM with
-        # beta 1), so its output is never allocated, its bias never broadcast-copied, and the final add
-        # is gone: one (B, N, C_out) buffer and two passes over it fewer per block. fc2's bias rides on
-        # proj's where the residual is proj(x_norm), else it is added to the residual (x is our own
-        # buffer here: x_attn above). Same sums in another order (float32 rounding).
-        fc2 = self.mlp.fc2
         if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # addmm_ gets no autocast
+            x_norm = self.norm2(x)
             residual = self.proj(x_norm) if self.proj is not None else x
-            return fc2(hidden).add_(residual), new_thw
+            return self.mlp(x_norm).add_(residual), new_thw
+        return self._mlp_inference(x), new_thw
+
+    def _mlp_inference(self, x: Tensor) -> Tensor:
+        """x + mlp(norm2(x)) (or proj(norm2(x)) + mlp(norm2(x))) without autograd: (B, N, C) -> (B, N, C_out).
+
+        Run over row chunks of about _CHUNK_BYTES of hidden activations, so that a chunk's norm,
+        hidden tensor and GELU stay in cache between the two products, and one hidden buffer is reused
+        (at block 0 of MViT-B the whole hidden tensor is 19-38 MB, past the caches). Each row's sums are
+        those of the unchunked products. fc2 accumulates straight into the residual (addmm_: one GEMM
+        with beta 1), its bias riding on proj's, or added to the residual (x is our own buffer here).
+        """
+        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        B, N, C = x.shape
+        rows = x.view(B * N, C)
         if self.proj is not None:
+            out = x.new_empty(B * N, self.dim_out)
             bias = self.proj.bias + fc2.bias if fc2.bias is not None else self.proj.bias
-            x = _linear(x_norm, self.proj.weight, bias, True)  # (B, N, C_out)
-        elif fc2.bias is not None:
-            x = x.add_(fc2.bias)
-        x.view(-1, x.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), fc2.weight.t())
-        return x, new_thw
+        else:
+            out = rows
+            bias = fc2.bias
+        hidden_dim = fc1.weight.shape[0]
+        # Traced (torch.compile, ONNX export), one chunk: a loop over B * N rows would fix the batch size.
+        step = None if torch.compiler.is_compiling() else max(_CHUNK_MIN_ROWS, _CHUNK_BYTES // (hidden_dim * x.element_size()))
+        if step is None or step >= B * N:
+            chunks, hidden = [(rows, out)], None
+        else:
+            chunks = [(rows[i:i + step], out[i:i + step]) for i in range(0, B * N, step)]
+            hidden = x.new_empty(step, hidden_dim)  # one buffer for every chunk's hidden activations
+        for x_rows, o in chunks:
+            x_norm = self.norm2(x_rows)  # (n, C)
+            if hidden is None:
+                h = _linear(x_norm, fc1.weight, fc1.bias, True)  # (n, hidden)
+            else:
+                h = hidden[:x_rows.shape[0]]
+                if fc1.bias is not None:
+                    torch.addmm(fc1.bias, x_norm, fc1.weight.t(), out=h)
+                else:
+                    torch.mm(x_norm, fc1.weight.t(), out=h)
+            torch.ops.aten.gelu_(h)  # Mlp, no dropout
+            if self.proj is not None and bias is not None:
+                torch.addmm(bias, x_norm, self.proj.weight.t(), out=o)
+            elif self.proj is not None:
+                torch.mm(x_norm, self.proj.weight.t(), out=o)
+            elif bias is not None:
+                o.add_(bias)
+            o.addmm_(h, fc2.weight.t())
+        return out.view(B, N, -1)
 
 
 def mvit_block_configs(depth: int, embed_dim: int, num_heads: int, dim_mul, head_mul, pool_q_stride,
@@ -489,6 +609,12 @@ class MViT(VideoClassifier):
 
     def _run_place(self, index: int, x: Tensor, thw: Thw) -> tuple[Tensor, Thw]:
         return self.blocks[index](x, thw)
+
+    def _head_reads_prefix_only(self) -> bool:
+        return self.cls_token is not None
+
+    def _run_place_prefix_only(self, index: int, x: Tensor, thw: Thw) -> tuple[Tensor, Thw]:
+        return self.blocks[index](x, thw, prefix_only=True)
 
     # -- forward -----------------------------------------------------------------------------------
 
