@@ -75,8 +75,6 @@ _RULES = {
     aten.mm.default: ("linear", _mm),
     aten.addmm.default: ("linear", _addmm),
     aten.addmm_.default: ("linear", _addmm),  # in place: MViT's inference MLP accumulates into its residual
-    aten.mm.out: ("linear", _mm),  # out=: MViT's inference MLP writes its row chunks into reused buffers
-    aten.addmm.out: ("linear", _addmm),
     aten.bmm.default: ("matmul", _bmm),
     aten.baddbmm.default: ("matmul", _baddbmm),
     aten.convolution.default: ("conv", _conv),

@@ -345,22 +345,6 @@ def test_inference_fast_path_matches_the_autograd_path():
     torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=2e-6)
 
 
-def test_inference_mlp_in_row_chunks_matches_one_chunk(monkeypatch):
-    """Chunks of 7 rows (the last one shorter) against one chunk and against the autograd path."""
-    import stts.models.mvit as mvit
-
-    torch.manual_seed(0)
-    model = stts.create_model("mvit_b_16x4", embed_dim=8, img_size=64, num_frames=8, num_classes=5).eval()
-    x = torch.randn(2, 3, 8, 64, 64)
-    with torch.inference_mode():
-        whole = model(x)
-        monkeypatch.setattr(mvit, "_CHUNK_BYTES", 1)
-        monkeypatch.setattr(mvit, "_CHUNK_MIN_ROWS", 7)
-        chunked = model(x)
-    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
-    torch.testing.assert_close(chunked, model(x).detach(), rtol=0, atol=2e-6)
-
-
 @pytest.mark.slow
 def test_speed_benchmark_smoke(tmp_path):
     import subprocess

@@ -104,13 +104,6 @@ def _round_width(width: float, multiplier: float, divisor: int = 1) -> int:
 _SHORT_K = 96
 
 
-# The inference MLP runs over row chunks whose hidden activations take about _CHUNK_BYTES (at least
-# _CHUNK_MIN_ROWS rows): 8 MB gave 1-4% less time per clip than one chunk for MViT-B dense and
-# t0.5_s0.7 at 2 threads (AMD EPYC VM, round-robin A/B); 2 MB was slower than one chunk.
-_CHUNK_BYTES = 8 << 20
-_CHUNK_MIN_ROWS = 256
-
-
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, inference: bool) -> Tensor:
     """F.linear(x, weight, bias): (..., K) -> (..., M)."""
     if inference and bias is not None and weight.shape[1] <= _SHORT_K:
@@ -376,63 +369,30 @@ class MultiScaleBlock(nn.Module):
         elif self.pool_skip is not None:
             x, _ = self.pool_skip(x, thw, self.num_prefix)
         x = x_attn.add_(x) if inplace else x + self.drop_path(x_attn)
+        x_norm = self.norm2(x)
         if not inplace:
-            x_norm = self.norm2(x)
             x_mlp = self.mlp(x_norm)
             if self.proj is not None:
                 x = self.proj(x_norm)
             return x + self.drop_path(x_mlp), new_thw
+        fc1 = self.mlp.fc1
+        hidden = torch.ops.aten.gelu_(_linear(x_norm, fc1.weight, fc1.bias, True))  # (B, N, 4C); Mlp, no dropout
+        # fc2 accumulates straight into the residual (addmm_: residual += hidden @ W2^T, one GEMM with
+        # beta 1), so its output is never allocated, its bias never broadcast-copied, and the final add
+        # is gone: one (B, N, C_out) buffer and two passes over it fewer per block. fc2's bias rides on
+        # proj's where the residual is proj(x_norm), else it is added to the residual (x is our own
+        # buffer here: x_attn above). Same sums in another order (float32 rounding).
+        fc2 = self.mlp.fc2
         if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # addmm_ gets no autocast
-            x_norm = self.norm2(x)
             residual = self.proj(x_norm) if self.proj is not None else x
-            return self.mlp(x_norm).add_(residual), new_thw
-        return self._mlp_inference(x), new_thw
-
-    def _mlp_inference(self, x: Tensor) -> Tensor:
-        """x + mlp(norm2(x)) (or proj(norm2(x)) + mlp(norm2(x))) without autograd: (B, N, C) -> (B, N, C_out).
-
-        Run over row chunks of about _CHUNK_BYTES of hidden activations, so that a chunk's norm,
-        hidden tensor and GELU stay in cache between the two products, and one hidden buffer is reused
-        (at block 0 of MViT-B the whole hidden tensor is 19-38 MB, past the caches). Each row's sums are
-        those of the unchunked products. fc2 accumulates straight into the residual (addmm_: one GEMM
-        with beta 1), its bias riding on proj's, or added to the residual (x is our own buffer here).
-        """
-        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
-        B, N, C = x.shape
-        rows = x.view(B * N, C)
+            return fc2(hidden).add_(residual), new_thw
         if self.proj is not None:
-            out = x.new_empty(B * N, self.dim_out)
             bias = self.proj.bias + fc2.bias if fc2.bias is not None else self.proj.bias
-        else:
-            out = rows
-            bias = fc2.bias
-        hidden_dim = fc1.weight.shape[0]
-        # Traced (torch.compile, ONNX export), one chunk: a loop over B * N rows would fix the batch size.
-        step = None if torch.compiler.is_compiling() else max(_CHUNK_MIN_ROWS, _CHUNK_BYTES // (hidden_dim * x.element_size()))
-        if step is None or step >= B * N:
-            chunks, hidden = [(rows, out)], None
-        else:
-            chunks = [(rows[i:i + step], out[i:i + step]) for i in range(0, B * N, step)]
-            hidden = x.new_empty(step, hidden_dim)  # one buffer for every chunk's hidden activations
-        for x_rows, o in chunks:
-            x_norm = self.norm2(x_rows)  # (n, C)
-            if hidden is None:
-                h = _linear(x_norm, fc1.weight, fc1.bias, True)  # (n, hidden)
-            else:
-                h = hidden[:x_rows.shape[0]]
-                if fc1.bias is not None:
-                    torch.addmm(fc1.bias, x_norm, fc1.weight.t(), out=h)
-                else:
-                    torch.mm(x_norm, fc1.weight.t(), out=h)
-            torch.ops.aten.gelu_(h)  # Mlp, no dropout
-            if self.proj is not None and bias is not None:
-                torch.addmm(bias, x_norm, self.proj.weight.t(), out=o)
-            elif self.proj is not None:
-                torch.mm(x_norm, self.proj.weight.t(), out=o)
-            elif bias is not None:
-                o.add_(bias)
-            o.addmm_(h, fc2.weight.t())
-        return out.view(B, N, -1)
+            x = _linear(x_norm, self.proj.weight, bias, True)  # (B, N, C_out)
+        elif fc2.bias is not None:
+            x = x.add_(fc2.bias)
+        x.view(-1, x.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), fc2.weight.t())
+        return x, new_thw
 
 
 def mvit_block_configs(depth: int, embed_dim: int, num_heads: int, dim_mul, head_mul, pool_q_stride,
