@@ -150,7 +150,9 @@ def _train(cfg, env: D.DistEnv, trust_checkpoint: bool = False) -> dict:
         model.train()
         # train.compile: a new wrapper per epoch is cheap, dynamo's compiled code is kept (and redone only
         # when a guard fails, e.g. the backbone's requires_grad changing after the scorer warm-up).
-        forward = torch.compile(model) if t.compile else model
+        # dynamic=False: a new batch size (the last, short batch) compiles its own static graph; the
+        # automatic dynamic-shape recompile fails in inductor on MViT's pooled grids (torch 2.13).
+        forward = torch.compile(model, dynamic=False) if t.compile else model
         skipper.skip = run.epoch_step * t.accum_steps * t.batch_size  # resuming: the batches already done
         loader.set_epoch(run.epoch)
         batches, window = iter(loader), _Window(device, run.step)
