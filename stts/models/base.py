@@ -57,8 +57,8 @@ class VideoClassifier(nn.Module):
     # The logits read only the class token of the last place's output, and every other token of it is
     # read by nothing: the last place then computes the class token alone (q, attention output and MLP
     # of one token; keys and values still of all). Same numbers, less work: MViT-B's last block is
-    # about 4% of its FLOPs at every budget. stts.flops turns it off (and every module's skip_unread_tokens), to count
-    # the published (full) computation.
+    # about 4% of its FLOPs at every budget. stts.flops turns it off (and every module's
+    # skip_unread_tokens), to count the published (full) computation.
     skip_unread_tokens = True
 
     def forward_features(self, x: Tensor, return_selections: bool = False, *, noise_seeds: Tensor | None = None,

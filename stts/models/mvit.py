@@ -83,6 +83,12 @@ def _read_positions(size: int, kernel: int, stride: int, padding: int) -> list[i
     return read
 
 
+def _grid_to_tokens(grid: Tensor, prefix: Tensor) -> Tensor:
+    """Pooled grid (B, C, T', H', W') and prefix tokens (B, P, C) -> tokens (B, P + T'*H'*W', C)."""
+    tokens = grid.permute(0, 2, 3, 4, 1).reshape(grid.shape[0], -1, grid.shape[1])
+    return torch.cat([prefix, tokens], dim=1) if prefix.shape[1] else tokens
+
+
 @constant_cache(maxsize=64)
 def _read_index(positions: tuple[int, ...], device: torch.device) -> Tensor:
     return torch.tensor(positions, dtype=torch.long, device=device)
@@ -199,14 +205,15 @@ class TokenPool(nn.Module):
         is None); prefix (B, P, C) bypasses the pool. Along a read axis the positions are adjacent in
         groups of `kernel`, so the pool is a stride-`kernel` conv there, with the same padding.
         """
-        B, C = grid.shape[0], grid.shape[-1]
+        C = grid.shape[-1]
         stride = tuple(k if a is not None else s for a, k, s in zip(axes, self.kernel, self.stride))
+        out = F.conv3d(grid.permute(0, 4, 1, 2, 3), self._channel_weight(C), None, stride, self.padding, 1, C)
+        return _grid_to_tokens(out, prefix), tuple(out.shape[2:])
+
+    def _channel_weight(self, C: int) -> Tensor:
+        """(C, 1, kt, kh, kw): channel c of head h uses kernel c % hd, one depthwise conv over all heads."""
         hd = self.weight.shape[0]
-        weight = self.weight if C == hd else self.weight.repeat(C // hd, 1, 1, 1, 1)  # (C, 1, kt, kh, kw)
-        out = F.conv3d(grid.permute(0, 4, 1, 2, 3), weight, None, stride, self.padding, 1, C)  # (B, C, T', H', W')
-        new_thw = tuple(out.shape[2:])
-        out = out.permute(0, 2, 3, 4, 1).reshape(B, -1, C)
-        return (torch.cat([prefix, out], dim=1) if prefix.shape[1] else out), new_thw
+        return self.weight if C == hd else self.weight.repeat(C // hd, 1, 1, 1, 1)
 
     def forward(self, x: Tensor, thw: Thw, num_prefix: int) -> tuple[Tensor, Thw]:
         B, N, C = x.shape
@@ -220,9 +227,7 @@ class TokenPool(nn.Module):
             grid = grid.contiguous()
         grid = grid.permute(0, 4, 1, 2, 3)
         if self.mode == "conv":
-            hd = self.weight.shape[0]
-            # Channel c of head h uses kernel c % hd: one depthwise conv over all heads.
-            weight = self.weight if C == hd else self.weight.repeat(C // hd, 1, 1, 1, 1)  # (C, 1, kt, kh, kw)
+            weight = self._channel_weight(C)  # (C, 1, kt, kh, kw)
             # The fast backward is for plain CPU training: under autocast the conv's inputs are cast
             # (a bf16 grid, a float32 weight) and ATen's own backward handles the casts.
             if (grid.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
@@ -234,11 +239,7 @@ class TokenPool(nn.Module):
             grid = F.max_pool3d(grid, self.kernel, self.stride, self.padding)
         else:
             grid = F.avg_pool3d(grid, self.kernel, self.stride, self.padding)
-        new_thw = tuple(grid.shape[2:])
-        grid = grid.permute(0, 2, 3, 4, 1).reshape(B, -1, C)  # (B, C, T', H', W') -> (B, T'*H'*W', C)
-        if num_prefix:
-            grid = torch.cat([prefix, grid], dim=1)
-        return grid, new_thw
+        return _grid_to_tokens(grid, prefix), tuple(grid.shape[2:])
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}, kernel={self.kernel}, stride={self.stride}, padding={self.padding}"
@@ -290,8 +291,7 @@ class PoolingAttention(nn.Module):
 
     def _pooled_kv_read(self, x: Tensor, thw: Thw, axes: tuple, w, b) -> tuple[Tensor, Tensor]:
         """Pooled, normed k and v (B, nh, Nk, hd) from the prefix tokens and the grid positions `axes` names."""
-        B, N, C = x.shape
-        P = self.num_prefix
+        B, P = x.shape[0], self.num_prefix
         grid = x[:, P:].unflatten(1, thw)  # (B, T, H, W, C), a view also where B > 1
         for dim, positions in enumerate(axes, start=1):
             if positions is not None:
